@@ -1,0 +1,183 @@
+"""`catflow <command>`: the command-line entry points.
+
+  catflow train      --config=FILE[:VARIANT] --workdir=DIR [--config.key=value ...]
+  catflow distill    --config=FILE --workdir=DIR --config.distill.base_workdir=BASE_DIR
+  catflow evaluate   --config=FILE --workdir=DIR [--step=N]
+  catflow sample     --config=FILE --workdir=DIR [--steps=K] [--num_samples=N]
+  catflow quickstart [--workdir=DIR] [--config=FILE]
+
+Configs are ml_collections files; every field can be overridden with
+--config.key=value. `python -m catflow` works the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import os
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+COMMANDS = ("train", "distill", "evaluate", "sample", "quickstart")
+_QUIET_LIBRARIES = ("/orbax/", "/grain/", "/absl/")
+
+
+def _default_config_path() -> str:
+  """Finds the quickstart config relative to the working directory or the repository."""
+  from catflow import quickstart  # pylint: disable=import-outside-toplevel
+  candidates = [pathlib.Path.cwd() / quickstart.DEFAULT_CONFIG,
+                pathlib.Path(__file__).resolve().parents[1] / quickstart.DEFAULT_CONFIG]
+  for candidate in candidates:
+    if candidate.exists():
+      return str(candidate)
+  return quickstart.DEFAULT_CONFIG
+
+
+class _LibraryLogFilter(std_logging.Filter):
+  """Hides INFO records from Orbax and Grain, whose per-file logs drown the run's own."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno >= std_logging.WARNING:
+      return True
+    return not any(part in record.pathname for part in _QUIET_LIBRARIES[:2])
+
+
+def _define_flags(command: str):
+  default_config = _default_config_path() if command == "quickstart" else None
+  config_flags.DEFINE_config_file(
+      "config", default_config, "Experiment config file (ml_collections), optionally FILE:VARIANT.",
+      lock_config=True)
+  default_workdir = "workdirs/quickstart" if command == "quickstart" else None
+  flags.DEFINE_string("workdir", default_workdir, "Directory of the run: checkpoints, metrics, "
+                      "reports. Re-running with the same directory resumes.")
+  if command in ("evaluate", "sample"):
+    flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.")
+    flags.DEFINE_string("output", None, "JSON file for the results; default: "
+                        f"WORKDIR/{command}_STEP.json.")
+  if command == "sample":
+    flags.DEFINE_integer("steps", None, "Sampling steps: Euler steps of a base model or jumps of a "
+                         "CFM; default: config.sample.base_steps or the first cfm_steps.")
+    flags.DEFINE_integer("num_samples", None, "Number of samples; default: config.sample.num_samples.")
+    flags.DEFINE_float("temperature", 0.0, "0 takes the argmax of the final endpoint; > 0 draws "
+                       "from softmax(logits / temperature).")
+  if command in ("distill", "evaluate"):
+    flags.DEFINE_bool("allow_tokenizer_mismatch", False, "Use a checkpoint whose tokenizer differs "
+                      "from the data's.")
+
+
+def _require_config_and_workdir(command: str):
+  if flags.FLAGS.config is None:
+    raise app.UsageError(f"catflow {command} needs --config=FILE, e.g. "
+                         "--config=experiments/configs/shakespeare_char.py")
+  if not flags.FLAGS.workdir:
+    raise app.UsageError(f"catflow {command} needs --workdir=DIR")
+
+
+def _main_for(command: str):
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    logging.get_absl_handler().addFilter(_LibraryLogFilter())
+    _require_config_and_workdir(command)
+    config = flags.FLAGS.config
+    workdir = pathlib.Path(flags.FLAGS.workdir)
+    if command == "train":
+      from catflow.train import trainer  # pylint: disable=import-outside-toplevel
+      trainer.run(config, workdir, kind="base")
+    elif command == "distill":
+      from catflow.train import distill  # pylint: disable=import-outside-toplevel
+      distill.run(config, workdir, allow_tokenizer_mismatch=flags.FLAGS.allow_tokenizer_mismatch)
+    elif command == "evaluate":
+      _evaluate(config, workdir)
+    elif command == "sample":
+      _sample(config, workdir)
+    else:
+      from catflow import quickstart  # pylint: disable=import-outside-toplevel
+      report = quickstart.run(config, workdir)
+      print(quickstart.format_report(report))
+      print(f"\nreport: {workdir / 'report.json'}")
+  return main
+
+
+def _evaluate(config, workdir: pathlib.Path):
+  from catflow.data import pipeline  # pylint: disable=import-outside-toplevel
+  from catflow.evaluate import bound  # pylint: disable=import-outside-toplevel
+  from catflow.evaluate import loading  # pylint: disable=import-outside-toplevel
+  from catflow.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  data_options = pipeline.DataOptions.from_mapping(config.data.to_dict())
+  mesh = mesh_lib.build_mesh(config.mesh.to_dict())
+  corpus = pipeline.load_tokenized(data_options)
+  loaded = loading.load(workdir, mesh, flags.FLAGS.step, seq_len=data_options.seq_len,
+                        expected_tokenizer=corpus.tokenizer.identity(),
+                        allow_tokenizer_mismatch=flags.FLAGS.allow_tokenizer_mismatch)
+  if corpus.tokenizer.identity() != loaded.tokenizer.identity():
+    corpus = pipeline.load_tokenized(data_options, tokenizer=loaded.tokenizer)
+  summary = bound.evaluate_run(loaded, corpus, data_options, config.eval)
+  output = pathlib.Path(flags.FLAGS.output or workdir / f"evaluate_{loaded.step}.json")
+  output.write_text(json.dumps(summary, indent=2))
+  unigram = summary["unigram"]
+  print(f"{loaded.kind} model, step {loaded.step}, {summary['num_windows']} validation windows "
+        f"({summary['num_tokens']} tokens, {summary['num_characters']} characters)")
+  print(f"bound: {summary['nats_per_token']:.4f} +- {summary['nats_per_token_stderr']:.4f} nats/token"
+        f" = {summary['bits_per_token']:.4f} bits/token = {summary['bits_per_character']:.4f} +- "
+        f"{summary['bits_per_character_stderr']:.4f} bits/char (best tau1 {summary['best_tau1']})")
+  print(f"unigram model: {unigram['bits_per_character']:.4f} bits/char; bound - unigram = "
+        f"{unigram['difference_bits_per_character']:+.4f} +- {unigram['difference_stderr']:.4f} "
+        "bits/char")
+  print(f"results: {output}")
+
+
+def _sample(config, workdir: pathlib.Path):
+  from catflow.evaluate import loading  # pylint: disable=import-outside-toplevel
+  from catflow.evaluate import samples  # pylint: disable=import-outside-toplevel
+  from catflow.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  mesh = mesh_lib.build_mesh(config.mesh.to_dict())
+  loaded = loading.load(workdir, mesh, flags.FLAGS.step, seq_len=config.data.seq_len)
+  steps = flags.FLAGS.steps
+  if steps is None:
+    steps = int(config.sample.cfm_steps[0]) if loaded.is_cfm else int(config.sample.base_steps)
+  num_samples = flags.FLAGS.num_samples or int(config.sample.num_samples)
+  tokens, seconds = samples.generate(loaded, num_samples=num_samples, num_steps=steps,
+                                     length=int(config.data.seq_len), seed=int(config.sample.seed),
+                                     batch_size=int(config.sample.batch_size),
+                                     temperature=flags.FLAGS.temperature)
+  texts = [loaded.tokenizer.decode(row) for row in tokens]
+  entropies = [samples.unigram_entropy(row) for row in tokens]
+  for index, (text, entropy) in enumerate(zip(texts, entropies)):
+    print(f"--- sample {index} (unigram entropy {entropy:.3f} nats)\n{text}")
+  print(f"\n{num_samples} samples, {steps} steps, {seconds:.1f} s; mean unigram entropy "
+        f"{sum(entropies) / len(entropies):.3f} nats")
+  output = pathlib.Path(flags.FLAGS.output or workdir / f"sample_{loaded.step}.json")
+  output.write_text(json.dumps({"kind": loaded.kind, "step": loaded.step, "steps": steps,
+                                "seed": int(config.sample.seed), "texts": texts,
+                                "unigram_entropy_nats": entropies, "wall_seconds": seconds},
+                               indent=2))
+
+
+def _usage() -> str:
+  return __doc__ + f"\ncommands: {', '.join(COMMANDS)}\n"
+
+
+def main(argv: list[str] | None = None):
+  """Dispatches `catflow <command> [flags]`."""
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(_usage())
+    return 0 if len(argv) >= 2 else 2
+  command = argv[1]
+  if command not in COMMANDS:
+    print(f"catflow: unknown command {command!r}\n{_usage()}", file=sys.stderr)
+    return 2
+  _define_flags(command)
+  program = f"{os.path.basename(argv[0])} {command}"
+  app.run(_main_for(command), argv=[program] + argv[2:])
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,398 @@
+"""The training loop shared by `catflow train` (base model) and `catflow distill` (CFM).
+
+`run(config, workdir, kind)` reads top to bottom: logging, mesh, input, model
+and optimizer, sharding, update step, checkpointing, loop. The two kinds
+differ only in where the model and its first parameters come from:
+
+- kind="base": the model config comes from `config.model` (vocabulary size from
+  the tokenizer) and the parameters are initialised at random;
+- kind="cfm": the model config and tokenizer come from the base checkpoint in
+  `config.distill.base_workdir`, with `two_time=True`; the parameters start as
+  the base run's EMA params plus a zero-initialised second time embedding.
+
+Re-running with the same workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+import catflow
+from catflow import objectives
+from catflow.data import pipeline
+from catflow.data import tokenizers
+from catflow.models.config import ModelConfig
+from catflow.models.transformer import FlowTransformer
+from catflow.objectives import common as objective_common
+from catflow.parallel import mesh as mesh_lib
+from catflow.parallel import partitioning
+from catflow.train import checkpoint as checkpoint_lib
+from catflow.train import state as state_lib
+
+
+class NonFiniteError(FloatingPointError):
+  """Raised when a loss or gradient norm stops being finite."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a finished run returns: its workdir, last step and last logged metrics."""
+
+  workdir: pathlib.Path
+  step: int
+  metrics: dict
+  model_config: ModelConfig
+  meta: dict
+
+
+def model_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+  """Builds the ModelConfig from config.model, taking the vocabulary size from the tokenizer."""
+  values = dict(config.model.to_dict())
+  configured = values.pop("vocab_size", 0)
+  if configured and configured != vocab_size:
+    raise ValueError(f"model.vocab_size={configured} disagrees with the tokenizer's {vocab_size} "
+                     "tokens; set model.vocab_size=0 to take it from the tokenizer")
+  return ModelConfig.from_dict({**values, "vocab_size": vocab_size})
+
+
+def _dummy_inputs(model_config: ModelConfig, batch: int, length: int):
+  x = jnp.zeros((batch, length, model_config.padded_vocab_size), jnp.float32)
+  tau = jnp.zeros((batch,), jnp.float32)
+  return x, tau
+
+
+def init_variables(model: FlowTransformer, key: jax.Array, length: int):
+  """Returns the boxed (logically annotated) params of a freshly initialised model."""
+  x, tau = _dummy_inputs(model.config, 1, length)
+  tau_t = tau if model.config.two_time else None
+  return model.init(key, x, tau, tau_t)["params"]
+
+
+def abstract_params(model: FlowTransformer, length: int):
+  """Returns the boxed params as ShapeDtypeStructs, without allocating them."""
+  return jax.eval_shape(functools.partial(init_variables, model, length=length), jax.random.key(0))
+
+
+def params_shardings(model: FlowTransformer, length: int, mesh, rules=partitioning.DEFAULT_RULES):
+  """Returns NamedShardings for the params, from their logical annotations."""
+  return partitioning.logical_sharding(abstract_params(model, length), mesh, rules)
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+  """Combines shape/dtype structs and shardings into restore targets."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract_tree, shardings)
+
+
+def merge_params(base: dict, fresh: dict) -> dict:
+  """Returns fresh with every leaf present in base replaced by base's value.
+
+  Used to start a CFM from a base model: the shared weights come from the base
+  run, and only the new second time embedding keeps its fresh initialisation.
+  """
+  flat_base = flax.traverse_util.flatten_dict(base)
+  flat_fresh = flax.traverse_util.flatten_dict(fresh)
+  for path, value in flat_base.items():
+    if path not in flat_fresh:
+      raise ValueError(f"base checkpoint parameter {'/'.join(path)} has no counterpart in the CFM")
+    if flat_fresh[path].shape != value.shape:
+      raise ValueError(f"base parameter {'/'.join(path)} has shape {value.shape}, the CFM expects "
+                       f"{flat_fresh[path].shape}")
+    flat_fresh[path] = value
+  return flax.traverse_util.unflatten_dict(flat_fresh)
+
+
+def _describe_run(config, kind: str, model_config: ModelConfig, tokenizer, step: int,
+                  corpus_summary: dict, extra: dict) -> dict:
+  return {
+      "kind": kind,
+      "step": int(step),
+      "catflow_version": catflow.__version__,
+      "config": json.loads(config.to_json_best_effort()),
+      "model_config": model_config.to_dict(),
+      "tokenizer": {"identity": tokenizer.identity(), "spec": tokenizer.spec()},
+      "time": {"parameterization": "tau", "vocab_size": model_config.vocab_size,
+               "training_distribution": config.objective.time_distribution},
+      "corpus": corpus_summary,
+      **extra,
+  }
+
+
+def load_base_for_distillation(config, mesh):
+  """Reads the base run named by config.distill.base_workdir: meta, tokenizer, EMA params."""
+  base_workdir = config.distill.base_workdir
+  if not base_workdir:
+    raise ValueError("catflow distill needs --config.distill.base_workdir=DIR, the workdir of a "
+                     "finished `catflow train` run")
+  base_checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_dir(base_workdir),
+                                                  read_only=True)
+  step = config.distill.base_step if config.distill.base_step >= 0 else None
+  meta = base_checkpointer.restore_meta(step)
+  if meta.get("kind") != "base":
+    raise ValueError(f"{base_workdir} holds a {meta.get('kind')!r} checkpoint; distillation "
+                     "starts from a base model trained with `catflow train`")
+  base_model_config = ModelConfig.from_dict(meta["model_config"])
+  base_model = FlowTransformer(base_model_config)
+  shardings = params_shardings(base_model, config.data.seq_len, mesh)
+  abstract = abstract_with_shardings(nn.unbox(abstract_params(base_model, config.data.seq_len)),
+                                     shardings)
+  ema = base_checkpointer.restore_ema(meta["step"], abstract)
+  base_checkpointer.close()
+  tokenizer = tokenizers.tokenizer_from_spec(meta["tokenizer"]["spec"])
+  return meta, base_model_config, tokenizer, ema
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: str = "base",
+        *, allow_tokenizer_mismatch: bool = False) -> TrainResult:
+  """Trains a base model (kind="base") or distils a CFM (kind="cfm") in workdir."""
+  if kind not in ("base", "cfm"):
+    raise ValueError(f"kind={kind!r} is not 'base' or 'cfm'")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  run_start = time.time()
+
+  # ---------------------------------------------------------------------------
+  # Logging.
+  # ---------------------------------------------------------------------------
+  logging.info("catflow %s run in %s with config:\n%s", kind, workdir, config)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  metrics_path = workdir / "metrics.jsonl"
+
+  # ---------------------------------------------------------------------------
+  # Mesh.
+  # ---------------------------------------------------------------------------
+  mesh = mesh_lib.build_mesh(config.mesh.to_dict())
+  logging.info("Mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
+
+  # ---------------------------------------------------------------------------
+  # Model config and tokenizer (base: from config; cfm: from the base checkpoint).
+  # ---------------------------------------------------------------------------
+  data_options = pipeline.DataOptions.from_mapping(config.data.to_dict())
+  base_meta, base_ema = None, None
+  if kind == "cfm":
+    base_meta, base_model_config, tokenizer, base_ema = load_base_for_distillation(config, mesh)
+    model_config = base_model_config.replace(two_time=True)
+    corpus = pipeline.load_tokenized(data_options)
+    if corpus.tokenizer.identity() != tokenizer.identity():
+      if not allow_tokenizer_mismatch:
+        tokenizers.check_same_tokenizer(
+            base_meta["tokenizer"]["identity"], corpus.tokenizer.identity(),
+            what=f"distillation data vs base checkpoint {config.distill.base_workdir}")
+      logging.warning("Tokenizer of the distillation data differs from the base checkpoint's; "
+                      "tokenising with the base checkpoint's tokenizer as requested")
+      corpus = pipeline.load_tokenized(data_options, tokenizer=tokenizer)
+  else:
+    corpus = pipeline.load_tokenized(data_options)
+    tokenizer = corpus.tokenizer
+    model_config = model_config_from(config, tokenizer.vocab_size)
+  model = FlowTransformer(model_config)
+  logging.info("Corpus %s: %d train and %d validation tokens, tokenizer %s (%d ids)",
+               corpus.name, corpus.num_train_tokens, corpus.num_validation_tokens,
+               tokenizer.name, tokenizer.vocab_size)
+
+  # ---------------------------------------------------------------------------
+  # Input.
+  # ---------------------------------------------------------------------------
+  batch_size = int(config.batch_size)
+  mesh_lib.check_divisibility(mesh, global_batch_size=batch_size, num_heads=model_config.num_heads,
+                              padded_vocab_size=model_config.padded_vocab_size,
+                              mlp_dim=model_config.resolved_mlp_dim,
+                              embed_dim=model_config.embed_dim)
+  train_data = pipeline.train_dataset(corpus, data_options, batch_size)
+  data_iterator = iter(train_data)
+  batch_sharding = partitioning.batch_sharding(mesh)
+
+  # ---------------------------------------------------------------------------
+  # Model, objective and optimizer.
+  # ---------------------------------------------------------------------------
+  objective_options = objective_common.ObjectiveOptions.from_mapping(config.objective.to_dict())
+  objective_common.check_model_supports(objective_options, model)
+  loss_fn = objectives.get(objective_options.name, model_config)
+  if kind == "base" and objective_options.name != "base":
+    raise ValueError(f"catflow train trains the base objective; objective.name="
+                     f"{objective_options.name!r} belongs to `catflow distill`")
+  if kind == "cfm" and objective_options.name == "base":
+    raise ValueError("catflow distill needs a distillation objective; set objective.name='psd'")
+  num_steps = int(config.num_steps)
+  optimizer = state_lib.build_optimizer(config.optimizer.to_dict(), num_steps)
+  learning_rate = state_lib.learning_rate_schedule(config.optimizer.to_dict(), num_steps)
+
+  # ---------------------------------------------------------------------------
+  # Sharding: logical annotations -> NamedShardings on this mesh.
+  # ---------------------------------------------------------------------------
+  seq_len = data_options.seq_len
+
+  def init_state(key):
+    params = init_variables(model, key, seq_len)
+    return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                opt_state=optimizer.init(params), ema_params=params)
+
+  abstract_state = jax.eval_shape(init_state, jax.random.key(0))
+  state_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_state), mesh,
+                                                partitioning.DEFAULT_RULES)
+  abstract_state = nn.unbox(abstract_state)
+  num_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(abstract_state.params))
+  logging.info("Model: %s parameters, padded vocabulary %d", f"{num_params:,}",
+               model_config.padded_vocab_size)
+
+  # ---------------------------------------------------------------------------
+  # Update step.
+  # ---------------------------------------------------------------------------
+  base_key = jax.random.key(int(config.seed))
+  ema_decay = float(config.ema_decay)
+  use_ema_teacher = objective_options.teacher == "ema"
+
+  def train_step(state: state_lib.TrainState, batch):
+    key = jax.random.fold_in(base_key, state.step)
+    teacher = state.ema_params if use_ema_teacher else None
+
+    def loss_of(params):
+      return loss_fn(params, batch, key, model=model, options=objective_options,
+                     teacher_params=teacher)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+    ema = state_lib.ema_update(state.ema_params, params, state.step, ema_decay)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                   learning_rate=learning_rate(state.step))
+    return state_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                                ema_params=ema), metrics
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.DEFAULT_RULES):
+    jitted_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                          out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+    # -------------------------------------------------------------------------
+    # Checkpointing: resume, or initialise.
+    # -------------------------------------------------------------------------
+    checkpointer = checkpoint_lib.Checkpointer(
+        checkpoint_lib.checkpoint_dir(workdir), max_to_keep=int(config.max_checkpoints_to_keep),
+        save_interval_steps=int(config.checkpoint_every))
+    extra_meta = {}
+    if kind == "cfm":
+      extra_meta["base"] = {"workdir": str(pathlib.Path(config.distill.base_workdir).absolute()),
+                            "step": base_meta["step"]}
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      saved_meta = checkpointer.restore_meta(latest)
+      check_resume_compatible(saved_meta, kind, model_config, tokenizer, workdir)
+      target = abstract_with_shardings(abstract_state, state_shardings)
+      restored, ema = checkpointer.restore(latest, abstract_state=_state_item(target),
+                                           abstract_ema=target.ema_params,
+                                           data_iterator=data_iterator)
+      state = state_lib.TrainState(step=restored["step"], params=restored["params"],
+                                   opt_state=restored["opt_state"], ema_params=ema)
+      logging.info("Resuming %s run at step %d of %d", kind, latest, num_steps)
+    else:
+      start = time.time()
+      state = jax.jit(lambda key: nn.unbox(init_state(key)), out_shardings=state_shardings)(
+          jax.random.fold_in(base_key, 1_000_003))
+      if kind == "cfm":
+        params = merge_params(base_ema, state.params)
+        params = jax.device_put(params, state_shardings.params)
+        # The EMA gets its own buffers: the step donates both trees.
+        state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params),
+                              opt_state=jax.jit(optimizer.init,
+                                                out_shardings=state_shardings.opt_state)(params))
+        logging.info("Initialised the CFM from the base EMA params of step %d (%s); the gap "
+                     "embedding starts at zero", base_meta["step"], config.distill.base_workdir)
+      logging.info("Initialised a fresh %s model in %.1f s", kind, time.time() - start)
+
+    # -------------------------------------------------------------------------
+    # Loop.
+    # -------------------------------------------------------------------------
+    step = int(state.step)
+    metrics_host: dict[str, float] = {}
+    if step >= num_steps:
+      logging.info("Run in %s is already at step %d >= num_steps=%d; nothing to train",
+                   workdir, step, num_steps)
+    log_every = max(1, int(config.log_every))
+    tokens_per_step = batch_size * seq_len
+    window_start, window_steps = time.time(), 0
+    compile_start = time.time()
+    while step < num_steps:
+      batch = next(data_iterator)
+      batch = {name: jax.make_array_from_process_local_data(batch_sharding, batch[name])
+               for name in pipeline.FEATURES}
+      state, metrics = jitted_step(state, batch)
+      step += 1
+      window_steps += 1
+      if step == 1 or (latest is not None and step == latest + 1):
+        jax.block_until_ready(state.step)
+        logging.info("First step (compile included) took %.1f s", time.time() - compile_start)
+        window_start, window_steps = time.time(), 0
+
+      if step % log_every == 0 or step == num_steps:
+        metrics_host = {name: float(value) for name, value in jax.device_get(metrics).items()}
+        if not math.isfinite(metrics_host["loss"]) or not math.isfinite(metrics_host["grad_norm"]):
+          raise NonFiniteError(
+              f"non-finite loss {metrics_host['loss']} or gradient norm "
+              f"{metrics_host['grad_norm']} at step {step}; the last saved checkpoint "
+              f"(step {checkpointer.latest_step()}) is kept. Lower optimizer.learning_rate or "
+              "check the input data")
+        elapsed = time.time() - window_start
+        steps_per_second = window_steps / elapsed if elapsed > 0 and window_steps else float("nan")
+        metrics_host.update(step=step, steps_per_second=steps_per_second,
+                            tokens_per_second=steps_per_second * tokens_per_step,
+                            wall_seconds=time.time() - run_start)
+        window_start, window_steps = time.time(), 0
+        logging.info("step %d/%d loss %.4f grad_norm %.3f lr %.2e %.2f steps/s %.0f tokens/s",
+                     step, num_steps, metrics_host["loss"], metrics_host["grad_norm"],
+                     metrics_host["learning_rate"], steps_per_second,
+                     metrics_host["tokens_per_second"])
+        with metrics_path.open("a") as handle:
+          handle.write(json.dumps(metrics_host) + "\n")
+
+      if step % int(config.checkpoint_every) == 0 or step == num_steps:
+        if not bool(state_lib.all_finite(state.params)):
+          raise NonFiniteError(f"non-finite parameters at step {step}; not saving. The last "
+                               f"saved checkpoint (step {checkpointer.latest_step()}) is kept")
+        meta = _describe_run(config, kind, model_config, tokenizer, step, corpus.summary, extra_meta)
+        checkpointer.save(step, state=_state_item(state), ema=state.ema_params,
+                          data_iterator=data_iterator, meta=meta, force=(step == num_steps))
+
+    final_meta = _describe_run(config, kind, model_config, tokenizer, step, corpus.summary,
+                               extra_meta)
+    checkpointer.close()
+  logging.info("Finished %s run in %s at step %d after %.1f s", kind, workdir, step,
+               time.time() - run_start)
+  return TrainResult(workdir=workdir, step=step, metrics=metrics_host, model_config=model_config,
+                     meta=final_meta)
+
+
+def _state_item(state: state_lib.TrainState) -> dict:
+  """The 'state' checkpoint item: everything but the EMA, which is its own item."""
+  return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+def check_resume_compatible(saved_meta: dict, kind: str, model_config: ModelConfig, tokenizer,
+                            workdir: pathlib.Path):
+  """Rejects resuming a workdir whose checkpoint belongs to another model or tokenizer."""
+  if saved_meta.get("kind") != kind:
+    raise ValueError(f"{workdir} holds a {saved_meta.get('kind')!r} run, not a {kind!r} run; "
+                     "use a fresh workdir")
+  saved = saved_meta["model_config"]
+  current = model_config.to_dict()
+  differing = sorted(name for name in set(saved) | set(current) if saved.get(name) != current.get(name))
+  if differing:
+    details = ", ".join(f"{name}: saved {saved.get(name)!r} vs config {current.get(name)!r}"
+                        for name in differing)
+    raise ValueError(f"cannot resume {workdir}: the model config differs ({details}); use a fresh "
+                     "workdir or restore the original settings")
+  tokenizers.check_same_tokenizer(saved_meta["tokenizer"]["identity"], tokenizer.identity(),
+                                  what=f"resumed run in {workdir}")
