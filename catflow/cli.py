@@ -12,6 +12,7 @@ Configs are ml_collections files; every field can be overridden with
 
 from __future__ import annotations
 
+import functools
 import json
 import logging as std_logging
 import os
@@ -141,7 +142,11 @@ def _sample(config, workdir: pathlib.Path):
   steps = flags.FLAGS.steps
   if steps is None:
     steps = int(config.sample.cfm_steps[0]) if loaded.is_cfm else int(config.sample.base_steps)
-  num_samples = flags.FLAGS.num_samples or int(config.sample.num_samples)
+  num_samples = flags.FLAGS.num_samples
+  if num_samples is None:
+    num_samples = int(config.sample.num_samples)
+  if num_samples < 1:
+    raise app.UsageError(f"--num_samples={num_samples} must be positive")
   tokens, seconds = samples.generate(loaded, num_samples=num_samples, num_steps=steps,
                                      length=int(config.data.seq_len), seed=int(config.sample.seed),
                                      batch_size=int(config.sample.batch_size),
@@ -157,6 +162,17 @@ def _sample(config, workdir: pathlib.Path):
                                 "seed": int(config.sample.seed), "texts": texts,
                                 "unigram_entropy_nats": entropies, "wall_seconds": seconds},
                                indent=2))
+
+
+def _parse_flags(command: str, argv: list[str]) -> list[str]:
+  """Parses flags; a bad flag or config override exits with status 2 and a one-line message."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    print(f"catflow {command}: invalid flags ({type(error).__name__}: {error}). Overrides must "
+          "name existing config fields, e.g. --config.num_steps=100; run "
+          f"`catflow {command} --help` for the flags.", file=sys.stderr)
+    sys.exit(2)
 
 
 def _usage() -> str:
@@ -175,7 +191,11 @@ def main(argv: list[str] | None = None):
     return 2
   _define_flags(command)
   program = f"{os.path.basename(argv[0])} {command}"
-  app.run(_main_for(command), argv=[program] + argv[2:])
+  if any(arg in ("-h", "--help", "--helpshort") for arg in argv[2:]):
+    print(f"catflow {command} flags:\n{flags.FLAGS.module_help(sys.modules[__name__])}")
+    return 0
+  app.run(_main_for(command), argv=[program] + argv[2:],
+          flags_parser=functools.partial(_parse_flags, command))
   return 0
 
 

@@ -92,22 +92,24 @@ def oracle_flow_map_mean(x: jax.Array, s: jax.Array, t: jax.Array, log_prior: ja
   step = (log_r_t - log_r_s) / num_substeps
   log_prior = jnp.maximum(log_prior.astype(jnp.float32), paths.MASKED_LOGIT)
 
-  def derivative(log_r, y):
-    # dy/d(log r) = r dy/dr.
-    r = jnp.exp(log_r)
-    return r * jax.nn.softmax(log_prior + (r - 1.0) * y, axis=-1)
-
-  def rk4_step(index, y):
-    log_r = log_r_s + index * step
-    k1 = derivative(log_r, y)
-    k2 = derivative(log_r + step / 2, y + step / 2 * k1)
-    k3 = derivative(log_r + step / 2, y + step / 2 * k2)
-    k4 = derivative(log_r + step, y + step * k3)
-    return y + step / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-
   y_s = x.astype(jnp.float32) * r_s
-  y_t = jax.lax.fori_loop(0, num_substeps, rk4_step, y_s)
-  return (y_t - y_s) / jnp.maximum(r_t - r_s, 1e-12)
+
+  def derivative(log_r, increment):
+    # d(y - y_s)/d(log r) = r dy/dr. Integrating the increment, not y itself,
+    # avoids cancellation in (y_t - y_s) when t - s is small.
+    r = jnp.exp(log_r)
+    return r * jax.nn.softmax(log_prior + (r - 1.0) * (y_s + increment), axis=-1)
+
+  def rk4_step(index, increment):
+    log_r = log_r_s + index * step
+    k1 = derivative(log_r, increment)
+    k2 = derivative(log_r + step / 2, increment + step / 2 * k1)
+    k3 = derivative(log_r + step / 2, increment + step / 2 * k2)
+    k4 = derivative(log_r + step, increment + step * k3)
+    return increment + step / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+  increment = jax.lax.fori_loop(0, num_substeps, rk4_step, jnp.zeros_like(y_s))
+  return increment / jnp.maximum(r_t - r_s, 1e-12)
 
 
 # -----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ ONE_MINUS_T_MIN = 1e-6
 # cross-entropies, and far below any real logit so that softmax gives exactly 0.
 MASKED_LOGIT = -1e9
 
-TimeDistribution = Literal["tau_uniform", "t_uniform", "logit_normal"]
+TimeDistribution = Literal["tau_uniform", "tau_power", "t_uniform", "logit_normal"]
 
 
 def one_minus(t: jax.Array) -> jax.Array:
@@ -221,12 +221,15 @@ def stratified_uniform(key: jax.Array, batch_size: int) -> jax.Array:
 
 
 def times_from_uniform(u: jax.Array, vocab_size: int, distribution: TimeDistribution = "tau_uniform",
-                       *, logit_mean: float = 0.0, logit_std: float = 1.0,
+                       *, logit_mean: float = 0.0, logit_std: float = 1.0, power: float = 0.5,
                        max_tau: float = 1.0 - 1e-4) -> tuple[jax.Array, jax.Array]:
   """Maps uniforms u in [0, 1] to (tau, t) under the configured time distribution.
 
-  - "tau_uniform": tau = u (the default; training is spread evenly over the
-    band where the argmax becomes informative).
+  - "tau_uniform": tau = u (training is spread evenly over the band where the
+    argmax becomes informative).
+  - "tau_power": density proportional to (1 - tau)^(-power) on [0, max_tau]
+    (power < 1, or power = 1 for uniform in log(1 - tau)); it moves training
+    towards high tau, where the likelihood bound puts most of its weight.
   - "t_uniform": t = u.
   - "logit_normal": logit(t) ~ N(logit_mean, logit_std^2) by inverse CDF.
 
@@ -234,6 +237,9 @@ def times_from_uniform(u: jax.Array, vocab_size: int, distribution: TimeDistribu
   """
   if distribution == "tau_uniform":
     tau = jnp.minimum(u, max_tau)
+    return tau, t_from_tau(tau, vocab_size)
+  if distribution == "tau_power":
+    tau = tau_power_inverse_cdf(u, power, max_tau)
     return tau, t_from_tau(tau, vocab_size)
   if distribution == "t_uniform":
     t = u
@@ -245,6 +251,17 @@ def times_from_uniform(u: jax.Array, vocab_size: int, distribution: TimeDistribu
                      "'tau_uniform', 't_uniform', 'logit_normal'")
   t = jnp.minimum(t, t_from_tau(jnp.float32(max_tau), vocab_size))
   return tau_from_t(t, vocab_size), t
+
+
+def tau_power_inverse_cdf(u: jax.Array, power: float, max_tau: float) -> jax.Array:
+  """Inverse CDF of the density proportional to (1 - tau)^(-power) on [0, max_tau]."""
+  if not 0.0 <= power <= 1.0:
+    raise ValueError(f"time power={power} must be in [0, 1]")
+  floor = 1.0 - max_tau
+  if power == 1.0:
+    return 1.0 - floor ** u
+  exponent = 1.0 - power
+  return 1.0 - (1.0 - u * (1.0 - floor**exponent)) ** (1.0 / exponent)
 
 
 def sample_times(key: jax.Array, batch_size: int, vocab_size: int,

@@ -106,7 +106,8 @@ def _split_text(document: corpora.Document, options: DataOptions) -> tuple[str, 
   """Returns (train_text, validation_text) of one document."""
   text = document.text
   if options.split == "documents":
-    digest = hashlib.sha256(f"{options.seed}:{document.name}".encode()).digest()
+    # The shuffle seed is deliberately left out: the validation set stays fixed.
+    digest = hashlib.sha256(f"validation:{document.name}".encode()).digest()
     is_validation = int.from_bytes(digest[:8], "big") / 2**64 < options.validation_fraction
     return ("", text) if is_validation else (text, "")
   cut = int(round(len(text) * (1.0 - options.validation_fraction)))

@@ -76,12 +76,10 @@ def compute_bound(loaded: loading.LoadedModel, windows: dict, options: likelihoo
 
   with jax.set_mesh(loaded.mesh):
     result = likelihood.estimate_bound(
-        loaded.logits_fn(), loaded.params, batches(), jax.random.key(seed),
+        loaded.logits_fn, loaded.params, batches(), jax.random.key(seed),
         vocab_size=loaded.model_config.vocab_size,
         padded_vocab_size=loaded.model_config.padded_vocab_size, options=options)
-  real = len(windows["tokens"])
-  result.integral, result.decoder = result.integral, result.decoder
-  if len(result.num_tokens) != real:
+  if len(result.num_tokens) != len(windows["tokens"]):
     keep = _real_rows(windows, batch_size, shards)
     result.integral, result.decoder = result.integral[keep], result.decoder[keep]
     result.num_tokens = result.num_tokens[keep]

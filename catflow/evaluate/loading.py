@@ -42,8 +42,13 @@ class LoadedModel:
   def is_cfm(self) -> bool:
     return self.kind == "cfm"
 
+  @functools.cached_property
   def logits_fn(self):
-    """Returns logits(params, x, tau_s, tau_t, segment_ids, positions), hashable for jit."""
+    """logits(params, x, tau_s, tau_t, segment_ids, positions), one object per model.
+
+    It is a static argument of jitted evaluators, so returning the same object
+    on every access lets them reuse their compiled programs.
+    """
     return functools.partial(apply_logits, self.model)
 
 

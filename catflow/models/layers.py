@@ -72,8 +72,9 @@ class LogVarianceNet(nn.Module):
     cfg = self.config
     features = sinusoidal_features(tau, cfg.time_features, cfg.time_scale)
     hidden = nn.silu(nn.Dense(self.width, kernel_init=_dense_init(("time", None)),
-                              name="hidden")(features))
-    return nn.Dense(1, kernel_init=_zero_init((None, None)), name="output")(hidden)[..., 0]
+                              bias_init=_zero_init((None,)), name="hidden")(features))
+    return nn.Dense(1, kernel_init=_zero_init((None, None)), bias_init=_zero_init((None,)),
+                    name="output")(hidden)[..., 0]
 
 
 def rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:

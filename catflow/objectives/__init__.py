@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from catflow.models.config import ModelConfig
 from catflow.objectives import base
+from catflow.objectives import ecld
+from catflow.objectives import lsd
 from catflow.objectives import psd
 
 OBJECTIVES = {
     "base": base.loss_fn,
     "psd": psd.loss_fn,
+    "ecld": ecld.loss_fn,
+    "lsd": lsd.loss_fn,
 }
 
 # Objectives that differentiate the network with respect to time by jax.jvp.
-JVP_OBJECTIVES: frozenset[str] = frozenset()
+JVP_OBJECTIVES = frozenset({"ecld", "lsd"})
 
 
 def get(name: str, model_config: ModelConfig):

@@ -4,6 +4,8 @@
     x_t = (1 - t) x0 + t e_y,                x0 ~ N(0, I),
     loss = mean over real tokens of -log softmax(f(x_t, tau, tau))[y].
 
+With the power weighting (loss_weighting="power") each row's cross-entropy is
+multiplied by (1 - tau)^(-weight_power), normalised to mean 1 over the batch.
 With the learned weighting (loss_weighting="learned") each row's cross-entropy
 L is replaced by exp(-u(tau)) L + u(tau), u a small zero-initialised MLP: the
 optimum of u is log L, which evens out the gradient scale across times.
@@ -41,7 +43,10 @@ def loss_fn(params, batch, key: jax.Array, *, model, options: common.ObjectiveOp
   cross_entropy = common.cross_entropy_with_tokens(logits, tokens)
   metrics = {"cross_entropy": common.masked_mean(cross_entropy, mask)}
   metrics.update(common.binned_means(common.per_row_mean(cross_entropy, mask), tau))
-  if options.loss_weighting == "learned":
+  if options.loss_weighting == "power":
+    weights = common.power_weights(tau, options.weight_power, options.max_weight)
+    loss = common.masked_mean(weights[:, None] * cross_entropy, mask)
+  elif options.loss_weighting == "learned":
     u = model.apply({"params": params}, tau, method=type(model).loss_log_variance)
     weighted = jnp.exp(-u)[:, None] * cross_entropy + u[:, None]
     loss = common.masked_mean(weighted, mask)

@@ -26,15 +26,19 @@ from catflow.models.transformer import FlowTransformer
 class ObjectiveOptions:
   """Options of the training objectives (the `objective` block of a config)."""
 
-  name: str = "base"  # base | psd.
-  # Distribution of training times: tau_uniform | t_uniform | logit_normal.
+  name: str = "base"  # base | psd | ecld | lsd.
+  # Distribution of training times: tau_uniform | tau_power | t_uniform | logit_normal.
   time_distribution: str = "tau_uniform"
+  time_power: float = 0.5  # tau_power only: density proportional to (1 - tau)^(-time_power).
   logit_mean: float = 0.0  # logit_normal only: mean of logit(t).
   logit_std: float = 1.0  # logit_normal only: std of logit(t).
   max_tau: float = 0.9999  # Training times are clipped to tau <= max_tau (keeps 1 - t > 0).
-  # Loss weighting: "none", or "learned" (w = exp(-u(tau)) CE + u(tau), needs a
-  # model with learned_loss_weight=True).
+  # Loss weighting: "none"; "power" (w = (1 - tau)^(-weight_power), normalised
+  # to mean 1 over the batch and clipped at max_weight); or "learned"
+  # (w = exp(-u(tau)) CE + u(tau), needs a model with learned_loss_weight=True).
   loss_weighting: str = "none"
+  weight_power: float = 0.5  # power weighting only.
+  max_weight: float = 100.0  # power weighting only: largest weight before normalisation.
   # Build x_t @ W in d dimensions instead of x_t (exact; needs a model that
   # sees x only through x @ W).
   projected_input: bool = False
@@ -43,13 +47,18 @@ class ObjectiveOptions:
   # Distillation: share of rows forced to (s, t) = (0, 1), trains one-step generation directly.
   endpoint_fraction: float = 0.05
   teacher: str = "student"  # Distillation teacher: "student" (stop_gradient) or "ema".
+  ecld_cross_entropy_weight: float = 1.0  # ECLD: weight a of the endpoint cross-entropy.
+  ecld_derivative_weight: float = 1.0  # ECLD: weight b of the time-derivative penalty.
 
   def __post_init__(self):
-    if self.time_distribution not in ("tau_uniform", "t_uniform", "logit_normal"):
+    if self.time_distribution not in ("tau_uniform", "tau_power", "t_uniform", "logit_normal"):
       raise ValueError(f"objective.time_distribution={self.time_distribution!r} is not one of "
-                       "tau_uniform, t_uniform, logit_normal")
-    if self.loss_weighting not in ("none", "learned"):
-      raise ValueError(f"objective.loss_weighting={self.loss_weighting!r} is not 'none' or 'learned'")
+                       "tau_uniform, tau_power, t_uniform, logit_normal")
+    if not 0.0 <= self.time_power <= 1.0:
+      raise ValueError(f"objective.time_power={self.time_power} must be in [0, 1]")
+    if self.loss_weighting not in ("none", "power", "learned"):
+      raise ValueError(f"objective.loss_weighting={self.loss_weighting!r} is not 'none', 'power' "
+                       "or 'learned'")
     if not 0.0 < self.max_tau <= 1.0 - 1e-6:
       raise ValueError(f"objective.max_tau={self.max_tau} must be in (0, 1 - 1e-6]")
     for name in ("diagonal_fraction", "endpoint_fraction"):
@@ -71,7 +80,8 @@ class ObjectiveOptions:
     return cls(**dict(values))
 
   def time_kwargs(self) -> dict[str, Any]:
-    return dict(logit_mean=self.logit_mean, logit_std=self.logit_std, max_tau=self.max_tau)
+    return dict(logit_mean=self.logit_mean, logit_std=self.logit_std, power=self.time_power,
+                max_tau=self.max_tau)
 
 
 def check_model_supports(options: ObjectiveOptions, model: FlowTransformer):
@@ -121,6 +131,12 @@ def entropy(probabilities: jax.Array) -> jax.Array:
   """Returns -sum p log p over the last axis, with 0 log 0 = 0."""
   p = probabilities.astype(jnp.float32)
   return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def power_weights(tau: jax.Array, power: float, max_weight: float) -> jax.Array:
+  """Returns per-row weights (1 - tau)^(-power), clipped at max_weight, with batch mean 1."""
+  weights = jnp.minimum((1.0 - tau) ** (-power), max_weight)
+  return weights / jnp.mean(weights)
 
 
 def token_mask(batch) -> jax.Array:

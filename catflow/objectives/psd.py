@@ -27,31 +27,7 @@ import jax.numpy as jnp
 from catflow import flow_map
 from catflow import paths
 from catflow.objectives import common
-
-
-def row_counts(batch_size: int, options: common.ObjectiveOptions) -> tuple[int, int, int]:
-  """Returns (diagonal, endpoint, off_diagonal) row counts for one global batch."""
-  diagonal = int(round(batch_size * options.diagonal_fraction))
-  endpoint = int(round(batch_size * options.endpoint_fraction))
-  endpoint = min(endpoint, batch_size - diagonal)
-  return diagonal, endpoint, batch_size - diagonal - endpoint
-
-
-def sample_pair_times(key: jax.Array, batch_size: int, vocab_size: int,
-                      options: common.ObjectiveOptions):
-  """Draws (tau_s, tau_t, is_diagonal) for a global batch, rows grouped as in the module doc."""
-  diagonal, endpoint, off_diagonal = row_counts(batch_size, options)
-  key_diagonal, key_gap, key_start = jax.random.split(key, 3)
-  tau_diagonal, _ = paths.sample_times(key_diagonal, max(diagonal, 1), vocab_size,
-                                       options.time_distribution, **options.time_kwargs())
-  gap = paths.stratified_uniform(key_gap, max(off_diagonal, 1))
-  start = jax.random.uniform(key_start, gap.shape) * (1.0 - gap)
-  tau_s = jnp.concatenate([tau_diagonal[:diagonal], jnp.zeros((endpoint,)), start[:off_diagonal]])
-  tau_t = jnp.concatenate([tau_diagonal[:diagonal], jnp.ones((endpoint,)),
-                           jnp.minimum(start + gap, 1.0)[:off_diagonal]])
-  tau_s = jnp.minimum(tau_s, options.max_tau)
-  is_diagonal = jnp.arange(batch_size) < diagonal
-  return tau_s, tau_t, is_diagonal
+from catflow.objectives import pairs
 
 
 def teacher_target(teacher_params, batch, inputs_s, tau_s, tau_t, *, model, vocab_size):
@@ -80,7 +56,7 @@ def loss_fn(params, batch, key: jax.Array, *, model, options: common.ObjectiveOp
   tokens = batch["tokens"]
   mask = common.token_mask(batch)
   batch_size = tokens.shape[0]
-  diagonal, _, _ = row_counts(batch_size, options)
+  diagonal, _, _ = pairs.row_counts(batch_size, options)
   key_time, key_noise = jax.random.split(key)
   if options.teacher == "ema":
     if teacher_params is None:
@@ -92,7 +68,7 @@ def loss_fn(params, batch, key: jax.Array, *, model, options: common.ObjectiveOp
     teacher_params = jax.lax.stop_gradient(params)
 
   # 1. Sample (s, t) pairs: diagonal, endpoint and off-diagonal rows.
-  tau_s, tau_t, is_diagonal = sample_pair_times(key_time, batch_size, cfg.vocab_size, options)
+  tau_s, tau_t, is_diagonal = pairs.sample_pair_times(key_time, batch_size, cfg.vocab_size, options)
   t_s = paths.t_from_tau(tau_s, cfg.vocab_size)
 
   # 2. Build x_s from data.
@@ -100,8 +76,8 @@ def loss_fn(params, batch, key: jax.Array, *, model, options: common.ObjectiveOp
 
   # 3. Teacher targets on the off-diagonal rows only.
   off = slice(diagonal, batch_size)
-  off_batch = {name: value[off] for name, value in batch.items()}
-  off_inputs = {name: value[off] for name, value in inputs_s.items()}
+  off_batch = pairs.split_rows(batch, diagonal)
+  off_inputs = pairs.split_rows(inputs_s, diagonal)
   target = teacher_target(teacher_params, off_batch, off_inputs, tau_s[off], tau_t[off],
                           model=model, vocab_size=cfg.vocab_size)
 

@@ -228,6 +228,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
   if kind == "cfm" and objective_options.name == "base":
     raise ValueError("catflow distill needs a distillation objective; set objective.name='psd'")
   num_steps = int(config.num_steps)
+  for name in ("num_steps", "checkpoint_every", "log_every", "max_checkpoints_to_keep"):
+    if int(config[name]) < 1:
+      raise ValueError(f"{name}={config[name]} must be a positive number of steps")
   optimizer = state_lib.build_optimizer(config.optimizer.to_dict(), num_steps)
   learning_rate = state_lib.learning_rate_schedule(config.optimizer.to_dict(), num_steps)
 
@@ -268,7 +271,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = jax.tree.map(lambda p, u: p + u, state.params, updates)
     ema = state_lib.ema_update(state.ema_params, params, state.step, ema_decay)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                    learning_rate=learning_rate(state.step))
     return state_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                                 ema_params=ema), metrics
@@ -297,6 +300,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
                                            data_iterator=data_iterator)
       state = state_lib.TrainState(step=restored["step"], params=restored["params"],
                                    opt_state=restored["opt_state"], ema_params=ema)
+      _truncate_metrics(metrics_path, latest)
       logging.info("Resuming %s run at step %d of %d", kind, latest, num_steps)
     else:
       start = time.time()
@@ -373,6 +377,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
                time.time() - run_start)
   return TrainResult(workdir=workdir, step=step, metrics=metrics_host, model_config=model_config,
                      meta=final_meta)
+
+
+def _truncate_metrics(path: pathlib.Path, last_step: int):
+  """Drops logged metrics after the restored step, which the resumed run logs again."""
+  if not path.exists():
+    return
+  kept = [line for line in path.read_text().splitlines()
+          if line.strip() and json.loads(line).get("step", 0) <= last_step]
+  path.write_text("".join(line + "\n" for line in kept))
 
 
 def _state_item(state: state_lib.TrainState) -> dict:

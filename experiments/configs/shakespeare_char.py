@@ -67,15 +67,21 @@ def get_config(arg: str = ""):
   # Objective (catflow.objectives.common.ObjectiveOptions).
   config.objective = ml_collections.ConfigDict()
   config.objective.name = "base"  # base (catflow train) | psd (catflow distill).
-  config.objective.time_distribution = "tau_uniform"  # tau_uniform | t_uniform | logit_normal.
+  # Training times: tau_uniform | tau_power | t_uniform | logit_normal.
+  config.objective.time_distribution = "tau_uniform"
+  config.objective.time_power = 0.5  # tau_power: density proportional to (1 - tau)^-time_power.
   config.objective.logit_mean = 0.0
   config.objective.logit_std = 1.0
   config.objective.max_tau = 0.9999
-  config.objective.loss_weighting = "none"  # none | learned.
+  config.objective.loss_weighting = "none"  # none | power | learned.
+  config.objective.weight_power = 0.5  # power: weights (1 - tau)^-weight_power, batch mean 1.
+  config.objective.max_weight = 100.0  # power: weight clip before normalisation.
   config.objective.projected_input = False  # Exact d-dimensional input shortcut.
   config.objective.diagonal_fraction = 0.25  # Distillation: rows with s = t.
   config.objective.endpoint_fraction = 0.05  # Distillation: rows with (s, t) = (0, 1).
   config.objective.teacher = "student"  # Distillation teacher: student | ema.
+  config.objective.ecld_cross_entropy_weight = 1.0  # ECLD: endpoint cross-entropy weight a.
+  config.objective.ecld_derivative_weight = 1.0  # ECLD: time-derivative penalty weight b.
 
   # Optimisation.
   config.batch_size = 32  # Global batch, rows of seq_len tokens.
@@ -104,7 +110,7 @@ def get_config(arg: str = ""):
   config.distill = ml_collections.ConfigDict()
   config.distill.base_workdir = ""  # Workdir of the `catflow train` run to distil.
   config.distill.base_step = -1  # -1 = the base run's latest checkpoint.
-  config.distill.objective = "psd"  # Self-distillation objective.
+  config.distill.objective = "psd"  # Self-distillation objective: psd | ecld | lsd.
   config.distill.num_steps = 500
   config.distill.learning_rate = 3e-4
   config.distill.warmup_steps = 50
