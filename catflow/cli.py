@@ -5,6 +5,7 @@
   catflow evaluate   --config=FILE --workdir=DIR [--step=N]
   catflow sample     --config=FILE --workdir=DIR [--steps=K] [--num_samples=N]
   catflow quickstart [--workdir=DIR] [--config=FILE]
+  catflow plan       --config=FILE [--kind=base|cfm] [--real_devices]
 
 Configs are ml_collections files; every field can be overridden with
 --config.key=value. `python -m catflow` works the same way.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import logging as std_logging
 import os
 import pathlib
@@ -24,7 +26,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "distill", "evaluate", "sample", "quickstart")
+COMMANDS = ("train", "distill", "evaluate", "sample", "quickstart", "plan")
 _QUIET_LIBRARIES = ("/orbax/", "/grain/", "/absl/")
 
 
@@ -54,8 +56,15 @@ def _define_flags(command: str):
       "config", default_config, "Experiment config file (ml_collections), optionally FILE:VARIANT.",
       lock_config=True)
   default_workdir = "workdirs/quickstart" if command == "quickstart" else None
-  flags.DEFINE_string("workdir", default_workdir, "Directory of the run: checkpoints, metrics, "
-                      "reports. Re-running with the same directory resumes.")
+  if command != "plan":
+    flags.DEFINE_string("workdir", default_workdir, "Directory of the run: checkpoints, metrics, "
+                        "reports. Re-running with the same directory resumes.")
+  if command == "plan":
+    flags.DEFINE_enum("kind", "base", ["base", "cfm"], "Plan the base training step or the "
+                      "distillation step.")
+    flags.DEFINE_bool("real_devices", False, "Compile for the devices present instead of "
+                      "faking one CPU device per mesh position.")
+    flags.DEFINE_string("output", None, "JSON file for the plan.")
   if command in ("evaluate", "sample"):
     flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.")
     flags.DEFINE_string("output", None, "JSON file for the results; default: "
@@ -66,6 +75,14 @@ def _define_flags(command: str):
     flags.DEFINE_integer("num_samples", None, "Number of samples; default: config.sample.num_samples.")
     flags.DEFINE_float("temperature", 0.0, "0 takes the argmax of the final endpoint; > 0 draws "
                        "from softmax(logits / temperature).")
+  if command in ("train", "distill", "evaluate", "sample"):
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a multi-process "
+                        "run; default: $CATFLOW_COORDINATOR_ADDRESS.")
+    flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run; default: "
+                         "$CATFLOW_NUM_PROCESSES.")
+    flags.DEFINE_integer("process_id", None, "This process's index; default: $CATFLOW_PROCESS_ID.")
+    flags.DEFINE_bool("distributed_auto", False, "Call jax.distributed.initialize() with no "
+                      "arguments (TPU pods).")
   if command in ("distill", "evaluate"):
     flags.DEFINE_bool("allow_tokenizer_mismatch", False, "Use a checkpoint whose tokenizer differs "
                       "from the data's.")
@@ -75,7 +92,7 @@ def _require_config_and_workdir(command: str):
   if flags.FLAGS.config is None:
     raise app.UsageError(f"catflow {command} needs --config=FILE, e.g. "
                          "--config=experiments/configs/shakespeare_char.py")
-  if not flags.FLAGS.workdir:
+  if command != "plan" and not flags.FLAGS.workdir:
     raise app.UsageError(f"catflow {command} needs --workdir=DIR")
 
 
@@ -86,7 +103,14 @@ def _main_for(command: str):
     logging.get_absl_handler().addFilter(_LibraryLogFilter())
     _require_config_and_workdir(command)
     config = flags.FLAGS.config
+    if command == "plan":
+      _plan(config)
+      return
     workdir = pathlib.Path(flags.FLAGS.workdir)
+    if command in ("train", "distill", "evaluate", "sample"):
+      from catflow.parallel import distributed  # pylint: disable=import-outside-toplevel
+      distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                             flags.FLAGS.process_id, auto=flags.FLAGS.distributed_auto)
     if command == "train":
       from catflow.train import trainer  # pylint: disable=import-outside-toplevel
       trainer.run(config, workdir, kind="base")
@@ -103,6 +127,25 @@ def _main_for(command: str):
       print(quickstart.format_report(report))
       print(f"\nreport: {workdir / 'report.json'}")
   return main
+
+
+def _plan(config):
+  if not flags.FLAGS.real_devices:
+    sizes = [int(size) for size in config.mesh.to_dict().values()]
+    if any(size < 1 for size in sizes):
+      raise app.UsageError(f"catflow plan needs explicit mesh sizes, got {config.mesh.to_dict()}; "
+                           "replace -1 with a size or pass --real_devices")
+    if "jax" in sys.modules:
+      logging.warning("JAX was imported before catflow plan could fake %d devices",
+                      math.prod(sizes))
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={math.prod(sizes)}")
+    os.environ["JAX_PLATFORMS"] = "cpu"
+  from catflow.train import plan  # pylint: disable=import-outside-toplevel
+  result = plan.plan(config, kind=flags.FLAGS.kind)
+  print(plan.format_plan(result))
+  if flags.FLAGS.output:
+    pathlib.Path(flags.FLAGS.output).write_text(json.dumps(result, indent=2))
 
 
 def _evaluate(config, workdir: pathlib.Path):

@@ -227,9 +227,9 @@ def times_from_uniform(u: jax.Array, vocab_size: int, distribution: TimeDistribu
 
   - "tau_uniform": tau = u (training is spread evenly over the band where the
     argmax becomes informative).
-  - "tau_power": density proportional to (1 - tau)^(-power) on [0, max_tau]
-    (power < 1, or power = 1 for uniform in log(1 - tau)); it moves training
-    towards high tau, where the likelihood bound puts most of its weight.
+  - "tau_power": density proportional to (1 - tau)^(-power) on [0, max_tau],
+    power in [-4, 1] (power = 1: uniform in log(1 - tau)). A positive power
+    moves training towards high tau, a negative one towards low tau.
   - "t_uniform": t = u.
   - "logit_normal": logit(t) ~ N(logit_mean, logit_std^2) by inverse CDF.
 
@@ -255,8 +255,8 @@ def times_from_uniform(u: jax.Array, vocab_size: int, distribution: TimeDistribu
 
 def tau_power_inverse_cdf(u: jax.Array, power: float, max_tau: float) -> jax.Array:
   """Inverse CDF of the density proportional to (1 - tau)^(-power) on [0, max_tau]."""
-  if not 0.0 <= power <= 1.0:
-    raise ValueError(f"time power={power} must be in [0, 1]")
+  if not -4.0 <= power <= 1.0:
+    raise ValueError(f"time power={power} must be in [-4, 1]")
   floor = 1.0 - max_tau
   if power == 1.0:
     return 1.0 - floor ** u

@@ -23,6 +23,6 @@ def data_dir() -> pathlib.Path:
   return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
   return data_dir()

@@ -1,6 +1,5 @@
 """Tests of the semi-discrete likelihood bound and its Monte Carlo estimator."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -164,7 +164,8 @@ def test_input_scaling_normalises_state_norm():
 @pytest.mark.parametrize("changes", [
     dict(input_posterior=True), dict(output_skip=True), dict(position_embedding="learned"),
     dict(mlp_activation="swiglu"), dict(scan_layers=False), dict(learned_loss_weight=True),
-    dict(attention="dot_product_attention"),
+    dict(attention="dot_product_attention"), dict(modulation="shared"),
+    dict(zero_init_blocks=False), dict(self_conditioning=True),
 ])
 def test_options_build_and_run(changes):
   config = _config(**changes)

@@ -42,6 +42,16 @@ class ModelConfig:
   input_posterior: bool = False
   # Adds the independent-position posterior logits t x / (1 - t)^2 to the output.
   output_skip: bool = False
+  # adaLN modulation: "per_layer" (each block maps the time condition to its
+  # six vectors, 6 d^2 parameters per block) or "shared" (one such layer for
+  # all blocks plus a learned offset per block, as in adaLN-single).
+  modulation: Literal["per_layer", "shared"] = "per_layer"
+  # adaLN-Zero: every block starts as the identity and the output layer at zero.
+  # False starts the residual gates at 1 and the output layer at random.
+  zero_init_blocks: bool = True
+  # Self-conditioning: a first pass of the network, then a second pass that also
+  # sees the first pass's estimate of the posterior (twice the forward cost).
+  self_conditioning: bool = False
   learned_loss_weight: bool = False  # Adds the log-variance network u(tau) of the loss weighting.
   loss_weight_clip: float = 5.0  # |u(tau)| is clipped to this value.
   dtype: Literal["float32", "bfloat16"] = "float32"  # Compute dtype; params stay float32.
@@ -66,6 +76,8 @@ class ModelConfig:
       raise ValueError(f"input_scaling={self.input_scaling!r} is not 'expected_norm' or 'none'")
     if self.mlp_activation not in ("gelu", "swiglu"):
       raise ValueError(f"mlp_activation={self.mlp_activation!r} is not 'gelu' or 'swiglu'")
+    if self.modulation not in ("per_layer", "shared"):
+      raise ValueError(f"modulation={self.modulation!r} is not 'per_layer' or 'shared'")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype={self.dtype!r} is not 'float32' or 'bfloat16'")
 

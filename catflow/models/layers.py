@@ -205,8 +205,11 @@ class Modulation(nn.Module):
 class Block(nn.Module):
   """Pre-norm transformer block with adaLN-Zero time conditioning.
 
-  The condition has shape (B, 1, d) for one time per sequence or (B, L, d)
-  for per-position times.
+  With modulation="per_layer" the condition has shape (B, 1, d) for one time
+  per sequence or (B, L, d) for per-position times, and the block maps it to
+  its six modulation vectors. With modulation="shared" the condition is the
+  (B, 1 or L, 6d) output of one modulation layer shared by all blocks, and the
+  block adds its own learned (6d,) offset (adaLN-single).
   """
 
   config: ModelConfig
@@ -214,10 +217,16 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, condition, mask, positions, real):
     cfg = self.config
-    shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = Modulation(
-        cfg, 6, name="modulation")(condition)
+    if cfg.modulation == "shared":
+      offset = self.param("modulation_offset", _zero_init(("modulation",)), (6 * cfg.embed_dim,))
+      values = jnp.split(condition + offset.astype(condition.dtype), 6, axis=-1)
+    else:
+      values = Modulation(cfg, 6, name="modulation")(condition)
+    shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = values
 
     hidden = normalize(x) * (1 + scale_attn) + shift_attn
+    if not cfg.zero_init_blocks:
+      gate_attn, gate_mlp = 1.0 + gate_attn, 1.0 + gate_mlp
     x = x + gate_attn * Attention(cfg, name="attention")(hidden, mask, positions)
     x = constrain(x, ("act_batch", "act_length", "act_embed"))
 

@@ -54,6 +54,11 @@ class FlowTransformer(nn.Module):
           "posterior_kernel",
           nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
           (cfg.padded_vocab_size, cfg.embed_dim))
+    if cfg.self_conditioning:
+      self.self_condition_kernel = self.param(
+          "self_condition_kernel",
+          nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab", "embed")),
+          (cfg.padded_vocab_size, cfg.embed_dim))
     if cfg.position_embedding == "learned":
       self.position_table = self.param(
           "position_embedding",
@@ -62,11 +67,15 @@ class FlowTransformer(nn.Module):
     self.time_embedding = layers.TimeEmbedding(cfg, name="time_embedding")
     if cfg.two_time:
       self.gap_embedding = layers.TimeEmbedding(cfg, zero_output=True, name="gap_embedding")
+    if cfg.modulation == "shared":
+      self.shared_modulation = layers.Modulation(cfg, 6, name="shared_modulation")
     self.blocks = layers.BlockStack(cfg, name="blocks")
     self.final_modulation = layers.Modulation(cfg, 2, name="final_modulation")
+    output_init = (nn.initializers.zeros_init() if cfg.zero_init_blocks
+                   else nn.initializers.normal(cfg.embed_dim**-0.5))
     self.output_layer = nn.Dense(
         cfg.padded_vocab_size, dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed", "vocab")),
+        kernel_init=nn.with_logical_partitioning(output_init, ("embed", "vocab")),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
         name="output")
     if cfg.learned_loss_weight:
@@ -89,7 +98,8 @@ class FlowTransformer(nn.Module):
 
   def __call__(self, x: jax.Array | None, tau_s: jax.Array, tau_t: jax.Array | None = None,
                segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
-               *, x_projected: jax.Array | None = None) -> jax.Array:
+               *, x_projected: jax.Array | None = None,
+               self_condition_rows: jax.Array | None = None) -> jax.Array:
     """Returns float32 logits (B, L, V_pad); padded vocabulary entries are masked.
 
     Args:
@@ -102,6 +112,9 @@ class FlowTransformer(nn.Module):
       positions: (B, L) int position of each token inside its document.
         None means 0..L-1.
       x_projected: x @ W, shape (B, L, d), in place of x.
+      self_condition_rows: with self_conditioning, a (B,) 0/1 mask of the rows
+        whose second pass sees the first pass's estimate; None means every row
+        (the setting for sampling and evaluation).
     """
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -144,17 +157,31 @@ class FlowTransformer(nn.Module):
                                  axis=0)
     hidden = layers.constrain(hidden.astype(dtype), ("act_batch", "act_length", "act_embed"))
 
-    # Transformer blocks.
+    # Transformer blocks and output layer; with self-conditioning, twice.
     mask = layers.attention_mask(segment_ids)
-    hidden = self.blocks(hidden * real, condition, mask, positions, real)
+    block_condition = condition
+    if cfg.modulation == "shared":
+      block_condition = jnp.concatenate(self.shared_modulation(condition), axis=-1)
+    trunk = lambda hidden: self._trunk(hidden, condition, block_condition, mask, positions, real,
+                                       t_s, x)
+    if cfg.self_conditioning:
+      rows = jnp.ones((batch,), dtype) if self_condition_rows is None else self_condition_rows
+      estimate = jax.lax.stop_gradient(jax.nn.softmax(trunk(hidden), axis=-1))
+      estimate = estimate * rows.astype(jnp.float32)[:, None, None]
+      hidden = hidden + (estimate @ self.self_condition_kernel).astype(dtype)
+    logits = trunk(hidden)
+    if cfg.learned_loss_weight and self.is_initializing():
+      self.loss_log_variance(tau_s[:, 0])
+    return logits
 
-    # Output layer, float32 logits.
+  def _trunk(self, hidden, condition, block_condition, mask, positions, real, t_s, x) -> jax.Array:
+    """Runs the blocks and the output layer; returns masked float32 logits."""
+    cfg = self.config
+    hidden = self.blocks(hidden * real, block_condition, mask, positions, real)
     shift, scale = self.final_modulation(condition)
     hidden = layers.normalize(hidden) * (1 + scale) + shift
     logits = self.output_layer(hidden.astype(jnp.float32))
     if cfg.output_skip:
       logits = logits + t_s * x.astype(jnp.float32) / paths.one_minus(t_s) ** 2
     logits = layers.constrain(logits, ("act_batch", "act_length", "act_vocab"))
-    if cfg.learned_loss_weight and self.is_initializing():
-      self.loss_log_variance(tau_s[:, 0])
     return paths.mask_padded_logits(logits, cfg.vocab_size)

@@ -27,7 +27,7 @@ def loss_fn(params, batch, key: jax.Array, *, model, options: common.ObjectiveOp
   cfg = model.config
   tokens = batch["tokens"]
   mask = common.token_mask(batch)
-  key_time, key_noise = jax.random.split(key)
+  key_time, key_noise, key_self_condition = jax.random.split(key, 3)
 
   # 1. Sample times, stratified over the global batch.
   tau, t = paths.sample_times(key_time, tokens.shape[0], cfg.vocab_size,
@@ -37,7 +37,8 @@ def loss_fn(params, batch, key: jax.Array, *, model, options: common.ObjectiveOp
   inputs = common.noisy_inputs(params, batch, key_noise, t, model=model, options=options)
 
   # 3. Forward on the diagonal.
-  logits = common.apply_model(model, params, inputs, tau, tau, batch)
+  rows = common.self_condition_rows(key_self_condition, model, tokens.shape[0], options)
+  logits = common.apply_model(model, params, inputs, tau, tau, batch, self_condition_rows=rows)
 
   # 4. Cross-entropy over real tokens, float32.
   cross_entropy = common.cross_entropy_with_tokens(logits, tokens)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from catflow import paths
 from catflow.models import projected
 from catflow.models.transformer import FlowTransformer
+from catflow.parallel import vocab_parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,9 @@ class ObjectiveOptions:
   loss_weighting: str = "none"
   weight_power: float = 0.5  # power weighting only.
   max_weight: float = 100.0  # power weighting only: largest weight before normalisation.
+  # Self-conditioning models: share of rows whose second pass sees the first
+  # pass's estimate during training (the others see zeros).
+  self_conditioning_rate: float = 0.5
   # Build x_t @ W in d dimensions instead of x_t (exact; needs a model that
   # sees x only through x @ W).
   projected_input: bool = False
@@ -54,8 +58,8 @@ class ObjectiveOptions:
     if self.time_distribution not in ("tau_uniform", "tau_power", "t_uniform", "logit_normal"):
       raise ValueError(f"objective.time_distribution={self.time_distribution!r} is not one of "
                        "tau_uniform, tau_power, t_uniform, logit_normal")
-    if not 0.0 <= self.time_power <= 1.0:
-      raise ValueError(f"objective.time_power={self.time_power} must be in [0, 1]")
+    if not -4.0 <= self.time_power <= 1.0:
+      raise ValueError(f"objective.time_power={self.time_power} must be in [-4, 1]")
     if self.loss_weighting not in ("none", "power", "learned"):
       raise ValueError(f"objective.loss_weighting={self.loss_weighting!r} is not 'none', 'power' "
                        "or 'learned'")
@@ -109,16 +113,42 @@ def noisy_inputs(params, batch, key: jax.Array, t: jax.Array, *, model: FlowTran
 
 
 def apply_model(model: FlowTransformer, params, inputs: Mapping[str, jax.Array], tau_s, tau_t,
-                batch) -> jax.Array:
+                batch, self_condition_rows: jax.Array | None = None) -> jax.Array:
   """Runs the network on {'x': ...} or {'x_projected': ...}; returns float32 logits."""
+  kwargs = {}
+  if self_condition_rows is not None:
+    kwargs["self_condition_rows"] = self_condition_rows
   return model.apply({"params": params}, inputs.get("x"), tau_s, tau_t, batch["segment_ids"],
-                     batch["positions"], x_projected=inputs.get("x_projected"))
+                     batch["positions"], x_projected=inputs.get("x_projected"), **kwargs)
+
+
+def self_condition_rows(key: jax.Array, model: FlowTransformer, batch_size: int,
+                        options: "ObjectiveOptions") -> jax.Array | None:
+  """Draws the training rows that use self-conditioning; None for models without it."""
+  if not model.config.self_conditioning:
+    return None
+  return jax.random.bernoulli(key, options.self_conditioning_rate, (batch_size,)).astype(jnp.float32)
 
 
 def cross_entropy_with_tokens(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-  """Returns -log softmax(logits)[y] per position, float32 (B, L)."""
+  """Returns -log softmax(logits)[y] per position, float32 (B, L).
+
+  Under a mesh whose 'tensor' axis splits the vocabulary, the vocabulary-parallel
+  shard_map program computes it without gathering the logits.
+  """
+  batch_shards = _ambient_batch_shards()
+  if (vocab_parallel.ambient_tensor_size() > 1 and logits.ndim == 3
+      and logits.shape[0] % batch_shards == 0):
+    return vocab_parallel.cross_entropy(logits, tokens)
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+
+
+def _ambient_batch_shards() -> int:
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return 1
+  return mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
 
 
 def cross_entropy_with_distribution(logits: jax.Array, target: jax.Array) -> jax.Array:

@@ -23,7 +23,6 @@ from typing import Any
 
 from absl import logging
 import grain
-import jax
 import orbax.checkpoint as ocp
 
 ITEMS = ("state", "ema", "data", "meta")

@@ -21,7 +21,6 @@ import json
 import math
 import pathlib
 import time
-from typing import Any
 
 from absl import logging
 import flax
@@ -29,7 +28,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 import catflow
 from catflow import objectives
@@ -38,10 +36,12 @@ from catflow.data import tokenizers
 from catflow.models.config import ModelConfig
 from catflow.models.transformer import FlowTransformer
 from catflow.objectives import common as objective_common
+from catflow.parallel import distributed
 from catflow.parallel import mesh as mesh_lib
 from catflow.parallel import partitioning
 from catflow.train import checkpoint as checkpoint_lib
 from catflow.train import state as state_lib
+from catflow.train import step as step_lib
 
 
 class NonFiniteError(FloatingPointError):
@@ -69,17 +69,7 @@ def model_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> Mod
   return ModelConfig.from_dict({**values, "vocab_size": vocab_size})
 
 
-def _dummy_inputs(model_config: ModelConfig, batch: int, length: int):
-  x = jnp.zeros((batch, length, model_config.padded_vocab_size), jnp.float32)
-  tau = jnp.zeros((batch,), jnp.float32)
-  return x, tau
-
-
-def init_variables(model: FlowTransformer, key: jax.Array, length: int):
-  """Returns the boxed (logically annotated) params of a freshly initialised model."""
-  x, tau = _dummy_inputs(model.config, 1, length)
-  tau_t = tau if model.config.two_time else None
-  return model.init(key, x, tau, tau_t)["params"]
+init_variables = step_lib.init_variables
 
 
 def abstract_params(model: FlowTransformer, length: int):
@@ -169,7 +159,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
   # Logging.
   # ---------------------------------------------------------------------------
   logging.info("catflow %s run in %s with config:\n%s", kind, workdir, config)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  if distributed.is_primary():
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   metrics_path = workdir / "metrics.jsonl"
 
   # ---------------------------------------------------------------------------
@@ -238,43 +229,24 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
   # Sharding: logical annotations -> NamedShardings on this mesh.
   # ---------------------------------------------------------------------------
   seq_len = data_options.seq_len
-
-  def init_state(key):
-    params = init_variables(model, key, seq_len)
-    return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                opt_state=optimizer.init(params), ema_params=params)
-
-  abstract_state = jax.eval_shape(init_state, jax.random.key(0))
-  state_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_state), mesh,
-                                                partitioning.DEFAULT_RULES)
-  abstract_state = nn.unbox(abstract_state)
-  num_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(abstract_state.params))
+  layout = step_lib.state_layout(model, optimizer, seq_len, mesh)
+  state_shardings = layout.shardings
+  num_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(layout.abstract.params))
   logging.info("Model: %s parameters, padded vocabulary %d", f"{num_params:,}",
                model_config.padded_vocab_size)
 
   # ---------------------------------------------------------------------------
   # Update step.
   # ---------------------------------------------------------------------------
-  base_key = jax.random.key(int(config.seed))
-  ema_decay = float(config.ema_decay)
-  use_ema_teacher = objective_options.teacher == "ema"
-
-  def train_step(state: state_lib.TrainState, batch):
-    key = jax.random.fold_in(base_key, state.step)
-    teacher = state.ema_params if use_ema_teacher else None
-
-    def loss_of(params):
-      return loss_fn(params, batch, key, model=model, options=objective_options,
-                     teacher_params=teacher)
-
-    (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: p + u, state.params, updates)
-    ema = state_lib.ema_update(state.ema_params, params, state.step, ema_decay)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   learning_rate=learning_rate(state.step))
-    return state_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                                ema_params=ema), metrics
+  grad_accum_steps = int(config.get("grad_accum_steps", 1))
+  if batch_size % (grad_accum_steps * mesh_lib.batch_divisor(mesh)):
+    raise ValueError(
+        f"batch_size={batch_size} is not divisible by {mesh_lib.batch_divisor(mesh)} batch shards "
+        f"x {grad_accum_steps} accumulation steps; choose a multiple of "
+        f"{mesh_lib.batch_divisor(mesh) * grad_accum_steps}")
+  train_step = step_lib.make_train_step(
+      model, loss_fn, objective_options, optimizer, learning_rate, seed=int(config.seed),
+      ema_decay=float(config.ema_decay), grad_accum_steps=grad_accum_steps)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.DEFAULT_RULES):
     jitted_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
@@ -294,18 +266,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
     if latest is not None:
       saved_meta = checkpointer.restore_meta(latest)
       check_resume_compatible(saved_meta, kind, model_config, tokenizer, workdir)
-      target = abstract_with_shardings(abstract_state, state_shardings)
+      target = layout.abstract_with_shardings()
       restored, ema = checkpointer.restore(latest, abstract_state=_state_item(target),
                                            abstract_ema=target.ema_params,
                                            data_iterator=data_iterator)
       state = state_lib.TrainState(step=restored["step"], params=restored["params"],
                                    opt_state=restored["opt_state"], ema_params=ema)
-      _truncate_metrics(metrics_path, latest)
+      if distributed.is_primary():
+        _truncate_metrics(metrics_path, latest)
       logging.info("Resuming %s run at step %d of %d", kind, latest, num_steps)
     else:
       start = time.time()
-      state = jax.jit(lambda key: nn.unbox(init_state(key)), out_shardings=state_shardings)(
-          jax.random.fold_in(base_key, 1_000_003))
+      state = jax.jit(lambda key: nn.unbox(layout.init(key)), out_shardings=state_shardings)(
+          jax.random.fold_in(jax.random.key(int(config.seed)), 1_000_003))
       if kind == "cfm":
         params = merge_params(base_ema, state.params)
         params = jax.device_put(params, state_shardings.params)
@@ -330,9 +303,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
     window_start, window_steps = time.time(), 0
     compile_start = time.time()
     while step < num_steps:
-      batch = next(data_iterator)
-      batch = {name: jax.make_array_from_process_local_data(batch_sharding, batch[name])
-               for name in pipeline.FEATURES}
+      # Every process reads the same global batch and keeps its own rows.
+      batch = distributed.process_rows(next(data_iterator))
+      batch = {name: jax.make_array_from_process_local_data(
+          batch_sharding, batch[name], (batch_size, seq_len)) for name in pipeline.FEATURES}
       state, metrics = jitted_step(state, batch)
       step += 1
       window_steps += 1
@@ -359,8 +333,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
                      step, num_steps, metrics_host["loss"], metrics_host["grad_norm"],
                      metrics_host["learning_rate"], steps_per_second,
                      metrics_host["tokens_per_second"])
-        with metrics_path.open("a") as handle:
-          handle.write(json.dumps(metrics_host) + "\n")
+        if distributed.is_primary():
+          with metrics_path.open("a") as handle:
+            handle.write(json.dumps(metrics_host) + "\n")
 
       if step % int(config.checkpoint_every) == 0 or step == num_steps:
         if not bool(state_lib.all_finite(state.params)):

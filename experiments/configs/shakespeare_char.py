@@ -57,6 +57,9 @@ def get_config(arg: str = ""):
   config.model.input_scaling = "expected_norm"  # expected_norm | none.
   config.model.input_posterior = False  # Embed softmax(t x / (1 - t)^2) at the input.
   config.model.output_skip = False  # Add t x / (1 - t)^2 to the output logits.
+  config.model.modulation = "per_layer"  # adaLN modulation: per_layer | shared.
+  config.model.zero_init_blocks = True  # adaLN-Zero initialisation.
+  config.model.self_conditioning = False  # Second pass sees the first pass's estimate.
   config.model.learned_loss_weight = False  # Needed by objective.loss_weighting="learned".
   config.model.loss_weight_clip = 5.0
   config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16.
@@ -76,6 +79,7 @@ def get_config(arg: str = ""):
   config.objective.loss_weighting = "none"  # none | power | learned.
   config.objective.weight_power = 0.5  # power: weights (1 - tau)^-weight_power, batch mean 1.
   config.objective.max_weight = 100.0  # power: weight clip before normalisation.
+  config.objective.self_conditioning_rate = 0.5  # Training rows that see the first estimate.
   config.objective.projected_input = False  # Exact d-dimensional input shortcut.
   config.objective.diagonal_fraction = 0.25  # Distillation: rows with s = t.
   config.objective.endpoint_fraction = 0.05  # Distillation: rows with (s, t) = (0, 1).
@@ -85,6 +89,7 @@ def get_config(arg: str = ""):
 
   # Optimisation.
   config.batch_size = 32  # Global batch, rows of seq_len tokens.
+  config.grad_accum_steps = 1  # Microbatches per update (the batch is split along rows).
   config.num_steps = 1500
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-3  # Peak learning rate.
