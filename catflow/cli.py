@@ -6,6 +6,7 @@
   catflow sample     --config=FILE --workdir=DIR [--steps=K] [--num_samples=N]
   catflow quickstart [--workdir=DIR] [--config=FILE]
   catflow plan       --config=FILE [--kind=base|cfm] [--real_devices]
+  catflow prepare    --config=FILE --output=DIR [--rows_per_shard=N]
 
 Configs are ml_collections files; every field can be overridden with
 --config.key=value. `python -m catflow` works the same way.
@@ -26,7 +27,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "distill", "evaluate", "sample", "quickstart", "plan")
+COMMANDS = ("train", "distill", "evaluate", "sample", "quickstart", "plan", "prepare")
 _QUIET_LIBRARIES = ("/orbax/", "/grain/", "/absl/")
 
 
@@ -56,9 +57,13 @@ def _define_flags(command: str):
       "config", default_config, "Experiment config file (ml_collections), optionally FILE:VARIANT.",
       lock_config=True)
   default_workdir = "workdirs/quickstart" if command == "quickstart" else None
-  if command != "plan":
+  if command not in ("plan", "prepare"):
     flags.DEFINE_string("workdir", default_workdir, "Directory of the run: checkpoints, metrics, "
                         "reports. Re-running with the same directory resumes.")
+  if command == "prepare":
+    flags.DEFINE_string("output", None, "Directory for the shards and manifest.json.")
+    flags.DEFINE_integer("rows_per_shard", 65536, "Packed rows per ArrayRecord shard.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar.")
   if command == "plan":
     flags.DEFINE_enum("kind", "base", ["base", "cfm"], "Plan the base training step or the "
                       "distillation step.")
@@ -92,7 +97,7 @@ def _require_config_and_workdir(command: str):
   if flags.FLAGS.config is None:
     raise app.UsageError(f"catflow {command} needs --config=FILE, e.g. "
                          "--config=experiments/configs/shakespeare_char.py")
-  if command != "plan" and not flags.FLAGS.workdir:
+  if command not in ("plan", "prepare") and not flags.FLAGS.workdir:
     raise app.UsageError(f"catflow {command} needs --workdir=DIR")
 
 
@@ -105,6 +110,9 @@ def _main_for(command: str):
     config = flags.FLAGS.config
     if command == "plan":
       _plan(config)
+      return
+    if command == "prepare":
+      _prepare(config)
       return
     workdir = pathlib.Path(flags.FLAGS.workdir)
     if command in ("train", "distill", "evaluate", "sample"):
@@ -127,6 +135,25 @@ def _main_for(command: str):
       print(quickstart.format_report(report))
       print(f"\nreport: {workdir / 'report.json'}")
   return main
+
+
+def _prepare(config):
+  from catflow.data import corpora  # pylint: disable=import-outside-toplevel
+  from catflow.data import pipeline  # pylint: disable=import-outside-toplevel
+  from catflow.data import prepare  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.output:
+    raise app.UsageError("catflow prepare needs --output=DIR")
+  options = pipeline.DataOptions.from_mapping(config.data.to_dict())
+  documents = corpora.load_corpus(options.corpus, cache_dir=str(options.resolved_cache_dir()),
+                                  text_field=options.text_field)
+  tokenizer = pipeline.build_tokenizer(options, documents)
+  manifest = prepare.prepare(documents, tokenizer, flags.FLAGS.output, options=options,
+                             corpus_name=options.corpus, rows_per_shard=flags.FLAGS.rows_per_shard,
+                             progress=flags.FLAGS.progress)
+  for split, entry in manifest["splits"].items():
+    print(f"{split}: {entry['rows']:,} rows of {manifest['seq_len']} tokens, {entry['tokens']:,} "
+          f"tokens, {len(entry['shards'])} shard(s)")
+  print(f"manifest: {pathlib.Path(flags.FLAGS.output) / prepare.MANIFEST}")
 
 
 def _plan(config):

@@ -99,3 +99,30 @@ def test_checkpoint_restores_on_other_mesh(corpus, tmp_path_factory, mesh, devic
   expected, got = _losses(reference), _losses(resumed)
   np.testing.assert_allclose([got[step] for step in range(5, 9)],
                              [expected[step] for step in range(5, 9)], rtol=2e-5)
+
+
+@pytest.mark.slow
+def test_prepared_data_resumes_with_another_process_count(corpus, tmp_path):
+  # Prepare the corpus, train 8 steps in one process, and 4 steps in one
+  # process resumed to 8 in two processes: the step-indexed stream keeps the
+  # same global batches, so the losses agree.
+  cache, prepared = tmp_path / "cache", tmp_path / "prepared"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  subprocess.run([sys.executable, "-m", "catflow", "prepare", f"--config={CONFIG}",
+                  f"--config.data.corpus={corpus}", f"--config.data.cache_dir={cache}",
+                  f"--output={prepared}", "--noprogress"], check=True, env=env, cwd=REPO,
+                 capture_output=True)
+  extra = [f"--config.data.prepared_dir={prepared}"]
+  _finish(_start(_flags(corpus, cache, tmp_path / "reference", 8, (8, 1, 1)) + extra, devices=8))
+  _finish(_start(_flags(corpus, cache, tmp_path / "resumed", 4, (8, 1, 1)) + extra, devices=8))
+  port = _free_port()
+  processes = [
+      _start(_flags(corpus, cache, tmp_path / "resumed", 8, (8, 1, 1)) + extra, devices=4,
+             extra_env={"CATFLOW_COORDINATOR_ADDRESS": f"localhost:{port}",
+                        "CATFLOW_NUM_PROCESSES": "2", "CATFLOW_PROCESS_ID": str(index)})
+      for index in range(2)]
+  for process in processes:
+    _finish(process)
+  expected, got = _losses(tmp_path / "reference"), _losses(tmp_path / "resumed")
+  np.testing.assert_allclose([got[step] for step in range(1, 9)],
+                             [expected[step] for step in range(1, 9)], rtol=1e-5)

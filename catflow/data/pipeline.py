@@ -52,6 +52,9 @@ class DataOptions:
   seed: int = 0  # Shuffling seed of the training stream.
   packing_bins: int = 0  # First-fit bins; 0 means the batch size.
   cache_dir: str = ""  # Download and tokenisation cache; "" means $CATFLOW_CACHE_DIR or ~/.cache/catflow.
+  # Directory written by `catflow prepare`; when set, training reads its shards
+  # through the step-indexed stream instead of packing the corpus online.
+  prepared_dir: str = ""
 
   def __post_init__(self):
     if self.seq_len < 2:
@@ -102,7 +105,7 @@ class TokenizedCorpus:
     return counts
 
 
-def _split_text(document: corpora.Document, options: DataOptions) -> tuple[str, str]:
+def split_text(document: corpora.Document, options: DataOptions) -> tuple[str, str]:
   """Returns (train_text, validation_text) of one document."""
   text = document.text
   if options.split == "documents":
@@ -142,7 +145,7 @@ def load_tokenized(options: DataOptions, tokenizer=None) -> TokenizedCorpus:
                                   text_field=options.text_field)
   if tokenizer is None:
     tokenizer = build_tokenizer(options, documents)
-  splits = [_split_text(document, options) for document in documents]
+  splits = [split_text(document, options) for document in documents]
   train_text = "".join(train for train, _ in splits)
   if not train_text or not any(validation for _, validation in splits):
     raise ValueError(
@@ -269,6 +272,65 @@ def validation_windows(corpus: TokenizedCorpus, options: DataOptions,
   windows = {name: np.stack([row[name] for row in rows]) for name in FEATURES}
   windows["index"] = np.arange(len(rows), dtype=np.int64)
   return windows
+
+
+@dataclasses.dataclass
+class TrainingData:
+  """The training stream of a run and what the run records about its data."""
+
+  name: str
+  tokenizer: Any
+  summary: dict
+  iterator: Any
+  # True: the iterator yields this process's rows and its position is the step.
+  # False: it yields global batches (every process reads them all).
+  step_indexed: bool
+  num_train_tokens: int
+  num_validation_tokens: int
+
+
+def open_training_data(options: DataOptions, batch_size: int, *, tokenizer=None,
+                       allow_tokenizer_mismatch: bool = False, what: str = "data",
+                       process_index: int = 0, process_count: int = 1) -> TrainingData:
+  """Opens the training stream: prepared shards when options.prepared_dir is set, else online.
+
+  Args:
+    options: the data options.
+    batch_size: the global batch size.
+    tokenizer: the tokenizer the model was trained with (distillation); the
+      data's tokenizer must match it unless allow_tokenizer_mismatch.
+    what: a description of the comparison for error messages.
+  """
+  from catflow.data import prepare  # pylint: disable=import-outside-toplevel
+  if options.prepared_dir:
+    prepared = prepare.PreparedData.open(options.prepared_dir)
+    if prepared.seq_len != options.seq_len:
+      raise ValueError(f"prepared data in {options.prepared_dir} has rows of {prepared.seq_len} "
+                       f"tokens, data.seq_len={options.seq_len}; set data.seq_len="
+                       f"{prepared.seq_len} or prepare the data again")
+    data_tokenizer = tokenizers.tokenizer_from_spec(prepared.manifest["tokenizer"]["spec"])
+    if tokenizer is not None:
+      prepared.check_tokenizer(tokenizer.identity(), allow_mismatch=allow_tokenizer_mismatch)
+    stream = prepare.StepIndexedStream(prepared.rows("train"), batch_size, options.seed,
+                                       process_index=process_index, process_count=process_count)
+    splits = prepared.manifest["splits"]
+    return TrainingData(name=str(options.prepared_dir), tokenizer=tokenizer or data_tokenizer,
+                        summary=dict(prepared.manifest["corpus"], prepared_dir=options.prepared_dir),
+                        iterator=stream, step_indexed=True,
+                        num_train_tokens=splits["train"]["tokens"],
+                        num_validation_tokens=splits["validation"]["tokens"])
+
+  corpus = load_tokenized(options)
+  if tokenizer is not None and corpus.tokenizer.identity() != tokenizer.identity():
+    if not allow_tokenizer_mismatch:
+      tokenizers.check_same_tokenizer(tokenizer.identity(), corpus.tokenizer.identity(), what=what)
+    logging.warning("Tokenizer of %s differs; tokenising with the given tokenizer as requested",
+                    what)
+    corpus = load_tokenized(options, tokenizer=tokenizer)
+  return TrainingData(name=corpus.name, tokenizer=corpus.tokenizer, summary=corpus.summary,
+                      iterator=iter(train_dataset(corpus, options, batch_size)),
+                      step_indexed=False, num_train_tokens=corpus.num_train_tokens,
+                      num_validation_tokens=corpus.num_validation_tokens)
 
 
 def iterate_batches(windows: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -64,13 +64,15 @@ class Checkpointer:
     return saved
 
   def restore(self, step: int, *, abstract_state, abstract_ema, data_iterator) -> tuple[Any, Any]:
-    """Restores state, EMA and the data position at step onto the given abstract targets."""
+    """Restores state, EMA and (unless data_iterator is None) the data position at step."""
     start = time.time()
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), ema=ocp.args.StandardRestore(abstract_ema),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    logging.info("Restored checkpoint step %d (state, ema, data position) from %s in %.1f s",
-                 step, self.directory, time.time() - start)
+    items = {"state": ocp.args.StandardRestore(abstract_state),
+             "ema": ocp.args.StandardRestore(abstract_ema)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    logging.info("Restored checkpoint step %d (%s) from %s in %.1f s", step, ", ".join(items),
+                 self.directory, time.time() - start)
     return restored["state"], restored["ema"]
 
   def restore_ema(self, step: int | None, abstract_ema) -> Any:

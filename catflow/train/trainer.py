@@ -173,38 +173,33 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
   # Model config and tokenizer (base: from config; cfm: from the base checkpoint).
   # ---------------------------------------------------------------------------
   data_options = pipeline.DataOptions.from_mapping(config.data.to_dict())
-  base_meta, base_ema = None, None
+  batch_size = int(config.batch_size)
+  base_meta, base_ema, base_tokenizer = None, None, None
   if kind == "cfm":
-    base_meta, base_model_config, tokenizer, base_ema = load_base_for_distillation(config, mesh)
+    base_meta, base_model_config, base_tokenizer, base_ema = load_base_for_distillation(config, mesh)
+  data = pipeline.open_training_data(
+      data_options, batch_size, tokenizer=base_tokenizer,
+      allow_tokenizer_mismatch=allow_tokenizer_mismatch,
+      what=f"distillation data vs base checkpoint {config.distill.base_workdir}",
+      process_index=jax.process_index(), process_count=jax.process_count())
+  tokenizer = data.tokenizer
+  if kind == "cfm":
     model_config = base_model_config.replace(two_time=True)
-    corpus = pipeline.load_tokenized(data_options)
-    if corpus.tokenizer.identity() != tokenizer.identity():
-      if not allow_tokenizer_mismatch:
-        tokenizers.check_same_tokenizer(
-            base_meta["tokenizer"]["identity"], corpus.tokenizer.identity(),
-            what=f"distillation data vs base checkpoint {config.distill.base_workdir}")
-      logging.warning("Tokenizer of the distillation data differs from the base checkpoint's; "
-                      "tokenising with the base checkpoint's tokenizer as requested")
-      corpus = pipeline.load_tokenized(data_options, tokenizer=tokenizer)
   else:
-    corpus = pipeline.load_tokenized(data_options)
-    tokenizer = corpus.tokenizer
     model_config = model_config_from(config, tokenizer.vocab_size)
   model = FlowTransformer(model_config)
-  logging.info("Corpus %s: %d train and %d validation tokens, tokenizer %s (%d ids)",
-               corpus.name, corpus.num_train_tokens, corpus.num_validation_tokens,
-               tokenizer.name, tokenizer.vocab_size)
+  logging.info("Data %s: %d train and %d validation tokens, tokenizer %s (%d ids), %s stream",
+               data.name, data.num_train_tokens, data.num_validation_tokens, tokenizer.name,
+               tokenizer.vocab_size, "step-indexed" if data.step_indexed else "online-packed")
 
   # ---------------------------------------------------------------------------
   # Input.
   # ---------------------------------------------------------------------------
-  batch_size = int(config.batch_size)
   mesh_lib.check_divisibility(mesh, global_batch_size=batch_size, num_heads=model_config.num_heads,
                               padded_vocab_size=model_config.padded_vocab_size,
                               mlp_dim=model_config.resolved_mlp_dim,
                               embed_dim=model_config.embed_dim)
-  train_data = pipeline.train_dataset(corpus, data_options, batch_size)
-  data_iterator = iter(train_data)
+  data_iterator = data.iterator
   batch_sharding = partitioning.batch_sharding(mesh)
 
   # ---------------------------------------------------------------------------
@@ -267,9 +262,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
       saved_meta = checkpointer.restore_meta(latest)
       check_resume_compatible(saved_meta, kind, model_config, tokenizer, workdir)
       target = layout.abstract_with_shardings()
-      restored, ema = checkpointer.restore(latest, abstract_state=_state_item(target),
-                                           abstract_ema=target.ema_params,
-                                           data_iterator=data_iterator)
+      # A step-indexed stream resumes from the step alone, whatever the process count.
+      restored, ema = checkpointer.restore(
+          latest, abstract_state=_state_item(target), abstract_ema=target.ema_params,
+          data_iterator=None if data.step_indexed else data_iterator)
+      if data.step_indexed:
+        data_iterator.set_state({"step": latest})
       state = state_lib.TrainState(step=restored["step"], params=restored["params"],
                                    opt_state=restored["opt_state"], ema_params=ema)
       if distributed.is_primary():
@@ -303,8 +301,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
     window_start, window_steps = time.time(), 0
     compile_start = time.time()
     while step < num_steps:
-      # Every process reads the same global batch and keeps its own rows.
-      batch = distributed.process_rows(next(data_iterator))
+      # An online stream yields the global batch and every process keeps its rows.
+      batch = next(data_iterator)
+      if not data.step_indexed:
+        batch = distributed.process_rows(batch)
       batch = {name: jax.make_array_from_process_local_data(
           batch_sharding, batch[name], (batch_size, seq_len)) for name in pipeline.FEATURES}
       state, metrics = jitted_step(state, batch)
@@ -341,11 +341,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
         if not bool(state_lib.all_finite(state.params)):
           raise NonFiniteError(f"non-finite parameters at step {step}; not saving. The last "
                                f"saved checkpoint (step {checkpointer.latest_step()}) is kept")
-        meta = _describe_run(config, kind, model_config, tokenizer, step, corpus.summary, extra_meta)
+        meta = _describe_run(config, kind, model_config, tokenizer, step, data.summary, extra_meta)
         checkpointer.save(step, state=_state_item(state), ema=state.ema_params,
                           data_iterator=data_iterator, meta=meta, force=(step == num_steps))
 
-    final_meta = _describe_run(config, kind, model_config, tokenizer, step, corpus.summary,
+    final_meta = _describe_run(config, kind, model_config, tokenizer, step, data.summary,
                                extra_meta)
     checkpointer.close()
   logging.info("Finished %s run in %s at step %d after %.1f s", kind, workdir, step,

@@ -37,6 +37,7 @@ def get_config(arg: str = ""):
   config.data.seed = 0  # Shuffling seed of the training stream.
   config.data.packing_bins = 0  # First-fit packing bins; 0 = batch size.
   config.data.cache_dir = ""  # "" = $CATFLOW_CACHE_DIR or ~/.cache/catflow.
+  config.data.prepared_dir = ""  # Output of `catflow prepare`; "" packs the corpus online.
 
   # Network (catflow.models.config.ModelConfig); vocab_size 0 = from the tokenizer.
   config.model = ml_collections.ConfigDict()
