@@ -4,6 +4,11 @@ A mesh has axes ('data', 'fsdp', 'tensor'). The config gives one size per axis
 and at most one -1, which is filled with whatever devices remain. Meshes use
 `AxisType.Auto`, under which Flax's logical constraints are sharding hints
 for GSPMD rather than assertions.
+
+A multi-slice (hybrid) mesh adds `slices: N` to the mesh config: the sizes
+then describe one slice, and the 'data' axis is extended N times across the
+slices, so only data-parallel gradient reductions cross the slow data-centre
+network while FSDP and tensor collectives stay inside a slice.
 """
 
 from __future__ import annotations
@@ -55,15 +60,46 @@ def build_mesh(shape: Mapping[str, int] | Sequence[int] | None = None,
   """Builds a ('data', 'fsdp', 'tensor') mesh with Auto axis types.
 
   Args:
-    shape: sizes per axis, one of them may be -1; None means all devices on 'data'.
+    shape: sizes per axis, one of them may be -1, and optionally `slices`;
+      None means all devices on 'data'.
     devices: the devices to use; None means jax.devices().
   """
   devices = list(devices) if devices is not None else jax.devices()
+  if isinstance(shape, Mapping) and int(shape.get("slices", 1)) > 1:
+    sizes = {axis: size for axis, size in shape.items() if axis != "slices"}
+    return build_hybrid_mesh(sizes, int(shape["slices"]), devices)
+  if isinstance(shape, Mapping):
+    shape = {axis: size for axis, size in shape.items() if axis != "slices"}
   sizes = resolve_mesh_shape(shape or {"data": -1}, len(devices))
   if devices == jax.devices():
     return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
   return jax.sharding.Mesh(np.asarray(devices).reshape(sizes), MESH_AXES,
                            axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def slice_groups(devices: Sequence[jax.Device], num_slices: int) -> list[list[jax.Device]]:
+  """Groups devices by slice: by `slice_index` on multi-slice TPUs, else in contiguous runs."""
+  if all(getattr(device, "slice_index", None) is not None for device in devices):
+    indices = sorted({device.slice_index for device in devices})
+    groups = [[d for d in devices if d.slice_index == index] for index in indices]
+    if len(groups) != num_slices:
+      raise ValueError(f"mesh slices={num_slices} but the devices form {len(groups)} slices")
+    return groups
+  if len(devices) % num_slices:
+    raise ValueError(f"{len(devices)} devices cannot form {num_slices} equal slices")
+  size = len(devices) // num_slices
+  return [list(devices[i * size:(i + 1) * size]) for i in range(num_slices)]
+
+
+def build_hybrid_mesh(per_slice: Mapping[str, int], num_slices: int,
+                      devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """Builds a multi-slice mesh: per-slice (data, fsdp, tensor), 'data' repeated across slices."""
+  devices = list(devices) if devices is not None else jax.devices()
+  groups = slice_groups(devices, num_slices)
+  sizes = resolve_mesh_shape(per_slice, len(groups[0]))
+  blocks = [np.asarray(group).reshape(sizes) for group in groups]
+  array = np.concatenate(blocks, axis=0)  # The slice index is the outer part of 'data'.
+  return jax.sharding.Mesh(array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def batch_divisor(mesh: jax.sharding.Mesh) -> int:

@@ -7,12 +7,15 @@ Memory and FLOPs without running a step (fake devices, AOT compilation):
 
   catflow plan --config=experiments/configs/flm_1p7b.py
 
-On the pod (every host runs the same command; see experiments/README.md):
+On the pod (every host runs the same command; see experiments/README.md), with a
+bucket mounted at /gcs on every host:
 
-  catflow prepare --config=experiments/configs/flm_1p7b.py --output=gs://BUCKET/data/fineweb
-  catflow train   --config=experiments/configs/flm_1p7b.py --workdir=gs://BUCKET/runs/flm_1p7b
-  catflow distill --config=experiments/configs/flm_1p7b.py --workdir=gs://BUCKET/runs/flm_1p7b_cfm \
-      --config.distill.base_workdir=gs://BUCKET/runs/flm_1p7b
+  catflow prepare --config=experiments/configs/flm_1p7b.py --output=/gcs/data/corpus
+  experiments/launch_tpu.sh TPU ZONE train --config=experiments/configs/flm_1p7b.py \
+      --workdir=/gcs/runs/flm_1p7b --config.data.prepared_dir=/gcs/data/corpus
+  experiments/launch_tpu.sh TPU ZONE distill --config=experiments/configs/flm_1p7b.py \
+      --workdir=/gcs/runs/flm_1p7b_cfm --config.distill.base_workdir=/gcs/runs/flm_1p7b \
+      --config.data.prepared_dir=/gcs/data/corpus
 
 Variants: `local` shrinks the model (same layout) to run on a laptop CPU.
 """
