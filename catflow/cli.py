@@ -88,6 +88,22 @@ def _define_flags(command: str):
     flags.DEFINE_integer("process_id", None, "This process's index; default: $CATFLOW_PROCESS_ID.")
     flags.DEFINE_bool("distributed_auto", False, "Call jax.distributed.initialize() with no "
                       "arguments (TPU pods).")
+  if command == "evaluate":
+    flags.DEFINE_list("suites", ["bound"], "Suites to run: bound, perplexity, benchmarks, genppl.")
+    flags.DEFINE_list("perplexity_sets", ["ptb_test", "ptb_valid", "wikitext2_test",
+                                          "wikitext2_valid"],
+                      "Perplexity sets: registered names or paths to .txt files.")
+    flags.DEFINE_integer("block_size", 0, "Perplexity window and benchmark request length in "
+                         "tokens; 0 means data.seq_len.")
+    flags.DEFINE_integer("stride", 0, "Perplexity window step; 0 means block_size / 2.")
+    flags.DEFINE_list("benchmarks", ["lambada_openai", "piqa", "hellaswag", "arc_easy",
+                                     "arc_challenge", "winogrande", "openbookqa", "siqa", "boolq",
+                                     "copa"], "Zero-shot benchmarks to run.")
+    flags.DEFINE_integer("benchmark_limit", 0, "Items per benchmark; 0 means all.")
+    flags.DEFINE_string("scorer_workdir", None, "genppl: workdir of a catflow autoregressive run.")
+    flags.DEFINE_string("hf_scorer_dir", None, "genppl: local directory of a Hugging Face causal "
+                        "LM.")
+    flags.DEFINE_integer("genppl_steps", 0, "genppl: sampling steps; 0 means the config's.")
   if command in ("distill", "evaluate"):
     flags.DEFINE_bool("allow_tokenizer_mismatch", False, "Use a checkpoint whose tokenizer differs "
                       "from the data's.")
@@ -177,29 +193,29 @@ def _plan(config):
 
 def _evaluate(config, workdir: pathlib.Path):
   from catflow.data import pipeline  # pylint: disable=import-outside-toplevel
-  from catflow.evaluate import bound  # pylint: disable=import-outside-toplevel
+  from catflow.data import tokenizers  # pylint: disable=import-outside-toplevel
   from catflow.evaluate import loading  # pylint: disable=import-outside-toplevel
+  from catflow.evaluate import run  # pylint: disable=import-outside-toplevel
   from catflow.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  options = run.EvaluationOptions(
+      suites=flags.FLAGS.suites, perplexity_sets=flags.FLAGS.perplexity_sets,
+      block_size=flags.FLAGS.block_size, stride=flags.FLAGS.stride,
+      benchmarks=flags.FLAGS.benchmarks, benchmark_limit=flags.FLAGS.benchmark_limit,
+      scorer_workdir=flags.FLAGS.scorer_workdir or "", hf_scorer_dir=flags.FLAGS.hf_scorer_dir or "",
+      genppl_steps=flags.FLAGS.genppl_steps)
   data_options = pipeline.DataOptions.from_mapping(config.data.to_dict())
   mesh = mesh_lib.build_mesh(config.mesh.to_dict())
-  corpus = pipeline.load_tokenized(data_options)
-  loaded = loading.load(workdir, mesh, flags.FLAGS.step, seq_len=data_options.seq_len,
-                        expected_tokenizer=corpus.tokenizer.identity(),
-                        allow_tokenizer_mismatch=flags.FLAGS.allow_tokenizer_mismatch)
-  if corpus.tokenizer.identity() != loaded.tokenizer.identity():
-    corpus = pipeline.load_tokenized(data_options, tokenizer=loaded.tokenizer)
-  summary = bound.evaluate_run(loaded, corpus, data_options, config.eval)
+  loaded = loading.load(workdir, mesh, flags.FLAGS.step, seq_len=data_options.seq_len)
+  if "bound" in options.suites and not flags.FLAGS.allow_tokenizer_mismatch:
+    # The validation windows must be tokenised the way the model was trained.
+    corpus = pipeline.load_tokenized(data_options)
+    tokenizers.check_same_tokenizer(loaded.meta["tokenizer"]["identity"],
+                                    corpus.tokenizer.identity(),
+                                    what=f"checkpoint in {workdir} vs config.data")
+  results = run.run(config, loaded, options)
   output = pathlib.Path(flags.FLAGS.output or workdir / f"evaluate_{loaded.step}.json")
-  output.write_text(json.dumps(summary, indent=2))
-  unigram = summary["unigram"]
-  print(f"{loaded.kind} model, step {loaded.step}, {summary['num_windows']} validation windows "
-        f"({summary['num_tokens']} tokens, {summary['num_characters']} characters)")
-  print(f"bound: {summary['nats_per_token']:.4f} +- {summary['nats_per_token_stderr']:.4f} nats/token"
-        f" = {summary['bits_per_token']:.4f} bits/token = {summary['bits_per_character']:.4f} +- "
-        f"{summary['bits_per_character_stderr']:.4f} bits/char (best tau1 {summary['best_tau1']})")
-  print(f"unigram model: {unigram['bits_per_character']:.4f} bits/char; bound - unigram = "
-        f"{unigram['difference_bits_per_character']:+.4f} +- {unigram['difference_stderr']:.4f} "
-        "bits/char")
+  output.write_text(json.dumps(results, indent=2))
+  print(run.format_results(results))
   print(f"results: {output}")
 
 

@@ -256,3 +256,43 @@ def flow_map_sample(logits_fn: LogitsFn, key: jax.Array, space: StateSpace, batc
   tau_s = jnp.full((batch,), taus[-2], jnp.float32)
   logits = logits_fn(state, tau_s, jnp.ones((batch,), jnp.float32))
   return decode_tokens(logits, keys[-1], temperature), logits
+
+
+def euler_inpaint(logits_fn: LogitsFn, key: jax.Array, tokens: jax.Array, known: jax.Array,
+                  num_steps: int, vocab_size: int, padded_vocab_size: int,
+                  two_time: bool = False) -> jax.Array:
+  """Fills the unknown positions of `tokens` given the known ones; returns argmax tokens.
+
+  The known positions follow their own noising path x_t = (1 - t) x0 + t e_y
+  (the same x0 throughout), and the unknown ones move with the model's steps
+  (Euler steps of a base model, or flow-map jumps of a CFM when two_time).
+  Every model call sees a state that is consistent with one path through the
+  known tokens, as during training. Known positions are returned unchanged.
+
+  Args:
+    logits_fn: (state, tau_s, tau_t) -> logits, as for the samplers.
+    tokens: (B, L) token ids; the unknown positions' values are ignored.
+    known: (B, L) boolean, True where the token is given.
+  """
+  taus, ts = time_grid(num_steps, vocab_size)
+  batch, length = tokens.shape
+  x0 = paths.sample_source(key, (batch, length, padded_vocab_size), vocab_size)
+  one_hot = jax.nn.one_hot(tokens, padded_vocab_size, dtype=jnp.float32)
+  known = known[..., None]
+
+  def clamp(state, t):
+    return jnp.where(known, (1.0 - t) * x0 + t * one_hot, state)
+
+  state = x0
+  for index in range(len(taus) - 2):
+    state = clamp(state, jnp.float32(ts[index]))
+    tau_s = jnp.full((batch,), taus[index], jnp.float32)
+    tau_t = jnp.full((batch,), taus[index + 1], jnp.float32) if two_time else tau_s
+    mean = jax.nn.softmax(logits_fn(state, tau_s, tau_t), axis=-1)
+    a, b = flow_map_coefficients(jnp.float32(ts[index]), jnp.float32(ts[index + 1]))
+    state = a * state + b * mean
+  state = clamp(state, jnp.float32(ts[-2]))
+  tau_s = jnp.full((batch,), taus[-2], jnp.float32)
+  tau_t = jnp.ones((batch,), jnp.float32) if two_time else tau_s
+  filled = decode_tokens(logits_fn(state, tau_s, tau_t))
+  return jnp.where(known[..., 0], tokens, filled)

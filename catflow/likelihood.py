@@ -94,11 +94,12 @@ def _stratified(key: jax.Array, count: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "options", "vocab_size",
                                              "padded_vocab_size"))
-def _window_terms(logits_fn, params, tokens, segment_ids, positions, window_keys, *, options: BoundOptions,
+def _window_terms(logits_fn, params, tokens, segment_ids, positions, score_mask, window_keys, *,
+                  options: BoundOptions,
                   vocab_size: int, padded_vocab_size: int):
   """Returns (integral (W, G), decoder (W, G)) summed over each window's real tokens."""
   windows, length = tokens.shape
-  mask = (segment_ids > 0).astype(jnp.float32)
+  mask = ((segment_ids > 0) & score_mask).astype(jnp.float32)
   one_hot = jax.nn.one_hot(tokens, padded_vocab_size, dtype=jnp.float32)
   tau1 = jnp.asarray(options.tau1_grid, jnp.float32)
   t1 = paths.t_from_tau(tau1, vocab_size)
@@ -221,19 +222,27 @@ def estimate_bound(logits_fn: WindowLogitsFn, params, windows: Iterable[dict], k
     params: the model's parameters (any pytree), passed to logits_fn.
     windows: batches, each a dict with 'tokens', 'segment_ids', 'positions' (B, L)
       and 'index' (B,) global window indices that seed the random numbers.
+      An optional boolean 'score_mask' (B, L) restricts the sums to some
+      positions (for example a continuation after its context); every real
+      position is still noised and seen by the model. Windows with equal
+      'index' share their times and noise.
     key: PRNG key of the evaluation.
   """
   integrals, decoders, counts = [], [], []
   for batch in windows:
     window_keys = jax.vmap(lambda index: jax.random.fold_in(key, index))(
         jnp.asarray(batch["index"], jnp.uint32))
+    score_mask = batch.get("score_mask")
+    if score_mask is None:
+      score_mask = np.ones(np.shape(batch["tokens"]), bool)
     integral, decoder = _window_terms(
         logits_fn, params, jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"]),
-        jnp.asarray(batch["positions"]), window_keys, options=options, vocab_size=vocab_size,
-        padded_vocab_size=padded_vocab_size)
+        jnp.asarray(batch["positions"]), jnp.asarray(score_mask, bool), window_keys,
+        options=options, vocab_size=vocab_size, padded_vocab_size=padded_vocab_size)
     integrals.append(np.asarray(integral))
     decoders.append(np.asarray(decoder))
-    counts.append(np.asarray(batch["segment_ids"] > 0).sum(axis=-1))
+    scored = (np.asarray(batch["segment_ids"]) > 0) & np.asarray(score_mask, bool)
+    counts.append(scored.sum(axis=-1))
   if not counts:
     raise ValueError("the bound needs at least one window; the evaluation set is empty")
   t1 = paths.t_from_tau_numpy(options.tau1_grid, vocab_size)

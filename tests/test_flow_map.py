@@ -268,3 +268,19 @@ def test_categorical_draws_match_softmax_entropy():
 def test_decode_tokens_rejects_negative_temperature():
   with pytest.raises(ValueError, match="temperature=-1"):
     flow_map.decode_tokens(jnp.zeros((1, 3)), jax.random.key(0), -1.0)
+
+
+def test_inpainting_keeps_known_and_samples_the_rest(prior):
+  # For i.i.d. tokens the unknown positions are independent of the known ones,
+  # so their argmax tokens follow the prior; known positions are returned as given.
+  p, log_prior = prior
+  tokens = jax.random.randint(jax.random.key(11), (128, 32), 0, VOCAB)
+  known = jnp.arange(32)[None, :] < 12
+  known = jnp.broadcast_to(known, tokens.shape)
+  filled = jax.jit(functools.partial(
+      flow_map.euler_inpaint, functools.partial(_oracle_endpoint_logits, log_prior),
+      num_steps=64, vocab_size=VOCAB, padded_vocab_size=PADDED))(jax.random.key(12), tokens, known)
+  np.testing.assert_array_equal(np.asarray(filled)[:, :12], np.asarray(tokens)[:, :12])
+  total_variation, padded_mass = _total_variation(np.asarray(filled)[:, 12:], p)
+  assert padded_mass == 0.0
+  assert total_variation < _tv_tolerance(filled[:, 12:].size)

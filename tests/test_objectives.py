@@ -282,3 +282,38 @@ def test_lsd_residual_vanishes_for_oracle_flow_map():
   x_t_dot = (mu - x_s + (t - s)[:, None, None] * mu_dot) / (1 - s)[:, None, None]
   residual = (1 - t)[:, None, None] * x_t_dot - (paths.oracle_posterior(x_t, t, oracle.log_prior) - x_t)
   assert float(jnp.max(jnp.abs(residual))) < 2e-3
+
+
+def test_autoregressive_logits_never_see_later_tokens():
+  from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
+  model, params = _model(causal=True)
+  batch = _batch(batch_size=2)
+  logits = autoregressive.next_token_logits(params, batch, model=model)
+  changed = dict(batch, tokens=batch["tokens"].at[:, 5].set((batch["tokens"][:, 5] + 1) % VOCAB))
+  changed_logits = autoregressive.next_token_logits(params, changed, model=model)
+  np.testing.assert_array_equal(logits[:, :5], changed_logits[:, :5])
+  assert not np.allclose(logits[:, 5:], changed_logits[:, 5:])
+
+
+def test_autoregressive_loss_skips_document_boundaries():
+  from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
+  batch = _batch(batch_size=1)
+  batch["segment_ids"] = jnp.array([[1, 1, 1, 2, 2, 2, 0, 0]])
+  np.testing.assert_array_equal(autoregressive.next_token_mask(batch),
+                                [[1, 1, 0, 1, 1, 0, 0]])
+  model, params = _model(causal=True)
+  loss, _ = autoregressive.loss_fn(params, batch, jax.random.key(0), model=model,
+                                   options=common.ObjectiveOptions(name="autoregressive"))
+  logits = autoregressive.next_token_logits(params, batch, model=model)
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), batch["tokens"][:, 1:, None],
+                             -1)[..., 0]
+  expected = (nll[0, 0] + nll[0, 1] + nll[0, 3] + nll[0, 4]) / 4
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_autoregressive_needs_causal_model():
+  from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
+  model, params = _model()
+  with pytest.raises(ValueError, match="model.causal=True"):
+    autoregressive.loss_fn(params, _batch(), jax.random.key(0), model=model,
+                           options=common.ObjectiveOptions(name="autoregressive"))

@@ -54,6 +54,8 @@ class ModelConfig:
   self_conditioning: bool = False
   learned_loss_weight: bool = False  # Adds the log-variance network u(tau) of the loss weighting.
   loss_weight_clip: float = 5.0  # |u(tau)| is clipped to this value.
+  # Causal attention, for the autoregressive scorer trained on the same backbone.
+  causal: bool = False
   dtype: Literal["float32", "bfloat16"] = "float32"  # Compute dtype; params stay float32.
   scan_layers: bool = True  # nn.scan over the blocks (stacked parameters, faster compiles).
   remat_policy: str = "none"  # One of REMAT_POLICIES.

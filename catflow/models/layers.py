@@ -89,15 +89,19 @@ def rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
   return rotated.astype(x.dtype)
 
 
-def attention_mask(segment_ids: jax.Array) -> jax.Array:
+def attention_mask(segment_ids: jax.Array, causal: bool = False) -> jax.Array:
   """Returns the (B, 1, L, L) boolean mask: same document, both positions real.
 
   Segment id 0 marks padding. A padding query gets an all-False row; its
-  output is zeroed by the caller.
+  output is zeroed by the caller. With causal=True a query also sees no later key.
   """
   same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
   real = segment_ids > 0
-  return (same_segment & real[:, :, None] & real[:, None, :])[:, None, :, :]
+  mask = same_segment & real[:, :, None] & real[:, None, :]
+  if causal:
+    length = segment_ids.shape[-1]
+    mask = mask & (jnp.arange(length)[:, None] >= jnp.arange(length)[None, :])
+  return mask[:, None, :, :]
 
 
 def _xla_attention(query, key, value, mask):

@@ -158,7 +158,7 @@ class FlowTransformer(nn.Module):
     hidden = layers.constrain(hidden.astype(dtype), ("act_batch", "act_length", "act_embed"))
 
     # Transformer blocks and output layer; with self-conditioning, twice.
-    mask = layers.attention_mask(segment_ids)
+    mask = layers.attention_mask(segment_ids, causal=cfg.causal)
     block_condition = condition
     if cfg.modulation == "shared":
       block_condition = jnp.concatenate(self.shared_modulation(condition), axis=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from catflow.models.config import ModelConfig
+from catflow.objectives import autoregressive
 from catflow.objectives import base
 from catflow.objectives import ecld
 from catflow.objectives import lsd
@@ -13,6 +14,7 @@ OBJECTIVES = {
     "psd": psd.loss_fn,
     "ecld": ecld.loss_fn,
     "lsd": lsd.loss_fn,
+    "autoregressive": autoregressive.loss_fn,
 }
 
 # Objectives that differentiate the network with respect to time by jax.jvp.
@@ -27,6 +29,6 @@ def get(name: str, model_config: ModelConfig):
     raise ValueError(f"objective {name!r} needs forward-mode autodiff through attention, which "
                      f"model.attention={model_config.attention!r} does not support; use "
                      "attention='xla' or a forward-pass objective such as 'psd'")
-  if name != "base" and not model_config.two_time:
+  if name not in ("base", "autoregressive") and not model_config.two_time:
     raise ValueError(f"objective {name!r} trains a flow map and needs a model with two_time=True")
   return OBJECTIVES[name]

@@ -27,7 +27,7 @@ from catflow.parallel import vocab_parallel
 class ObjectiveOptions:
   """Options of the training objectives (the `objective` block of a config)."""
 
-  name: str = "base"  # base | psd | ecld | lsd.
+  name: str = "base"  # base | autoregressive (catflow train); psd | ecld | lsd (catflow distill).
   # Distribution of training times: tau_uniform | tau_power | t_uniform | logit_normal.
   time_distribution: str = "tau_uniform"
   time_power: float = 0.5  # tau_power only: density proportional to (1 - tau)^(-time_power).

@@ -208,10 +208,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
   objective_options = objective_common.ObjectiveOptions.from_mapping(config.objective.to_dict())
   objective_common.check_model_supports(objective_options, model)
   loss_fn = objectives.get(objective_options.name, model_config)
-  if kind == "base" and objective_options.name != "base":
-    raise ValueError(f"catflow train trains the base objective; objective.name="
+  if kind == "base" and objective_options.name not in ("base", "autoregressive"):
+    raise ValueError(f"catflow train trains the base or autoregressive objective; objective.name="
                      f"{objective_options.name!r} belongs to `catflow distill`")
-  if kind == "cfm" and objective_options.name == "base":
+  if objective_options.name == "autoregressive" and not model_config.causal:
+    raise ValueError("objective.name='autoregressive' needs --config.model.causal=True")
+  if kind == "cfm" and objective_options.name in ("base", "autoregressive"):
     raise ValueError("catflow distill needs a distillation objective; set objective.name='psd'")
   num_steps = int(config.num_steps)
   for name in ("num_steps", "checkpoint_every", "log_every", "max_checkpoints_to_keep"):

@@ -63,6 +63,7 @@ def get_config(arg: str = ""):
   config.model.self_conditioning = False  # Second pass sees the first pass's estimate.
   config.model.learned_loss_weight = False  # Needed by objective.loss_weighting="learned".
   config.model.loss_weight_clip = 5.0
+  config.model.causal = False  # True with objective.name="autoregressive": the AR scorer.
   config.model.dtype = "float32"  # Compute dtype: float32 | bfloat16.
   config.model.scan_layers = True
   config.model.remat_policy = "none"  # none | minimal | full | save_attention_and_mlp.
@@ -70,7 +71,8 @@ def get_config(arg: str = ""):
 
   # Objective (catflow.objectives.common.ObjectiveOptions).
   config.objective = ml_collections.ConfigDict()
-  config.objective.name = "base"  # base (catflow train) | psd (catflow distill).
+  # base | autoregressive (catflow train); psd | ecld | lsd (set by catflow distill).
+  config.objective.name = "base"
   # Training times: tau_uniform | tau_power | t_uniform | logit_normal.
   config.objective.time_distribution = "tau_uniform"
   config.objective.time_power = 0.5  # tau_power: density proportional to (1 - tau)^-time_power.

@@ -1,0 +1,174 @@
+"""Tests of benchmark scoring, perplexity suites and generative perplexity with flow models."""
+
+import json
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from catflow.data import tokenizers
+from catflow.evaluate import genppl
+from catflow.evaluate import loading
+from catflow.evaluate import scoring
+from catflow.evaluate import suites
+from catflow.evaluate import tasks
+from catflow import likelihood
+from catflow.models.config import ModelConfig
+from catflow.models.transformer import FlowTransformer
+from catflow.parallel import mesh as mesh_lib
+from catflow.train import trainer
+
+ALPHABET = "".join(chr(code) for code in range(32, 127)) + "\n"
+
+
+def _loaded(causal=False, two_time=False, seed=0):
+  tokenizer = tokenizers.CharTokenizer(ALPHABET)
+  config = ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=1, embed_dim=32, num_heads=2,
+                       time_features=16, causal=causal, two_time=two_time)
+  model = FlowTransformer(config)
+  params = nn.unbox(trainer.init_variables(model, jax.random.key(seed), 16))
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  params = jax.tree.unflatten(treedef, [leaf + 0.05 * jax.random.normal(key, leaf.shape)
+                                        for leaf, key in zip(leaves, keys)])
+  return loading.LoadedModel(workdir=None, step=0, kind="cfm" if two_time else "base", meta={},
+                             model_config=config, model=model, params=params, tokenizer=tokenizer,
+                             mesh=mesh_lib.build_mesh({"data": -1}))
+
+
+def _requests(tokenizer, pairs, max_length=48):
+  return [tasks.build_request(tokenizer, context, continuation, max_length)
+          for context, continuation in pairs]
+
+
+def test_windows_score_only_the_continuation():
+  loaded = _loaded()
+  requests = _requests(loaded.tokenizer, [("Hello", " world"), ("A b", " c")])
+  scorer = scoring.FlowRequestScorer(loaded, max_length=48, num_time_samples=2)
+  windows = scorer.windows(requests, [0, 1])
+  np.testing.assert_array_equal(windows["score_mask"][0, :5], False)
+  np.testing.assert_array_equal(windows["score_mask"][0, 5:11], True)
+  np.testing.assert_array_equal(windows["score_mask"][0, 11:], False)
+  assert windows["segment_ids"][1].sum() == 5
+
+
+def test_choices_of_one_item_share_their_noise():
+  loaded = _loaded()
+  scorer = scoring.FlowRequestScorer(loaded, max_length=48, num_time_samples=4)
+  pair = ("The cat sat on the", " mat")
+  requests = _requests(loaded.tokenizer, [pair, pair, pair])
+  scores = scorer.score(requests, [7, 7, 8])
+  assert scores[0].log_likelihood == scores[1].log_likelihood
+  assert scores[0].log_likelihood != scores[2].log_likelihood
+  assert all(math.isfinite(score.log_likelihood) and score.log_likelihood < 0 for score in scores)
+
+
+def test_scores_do_not_depend_on_batch_size_or_order():
+  loaded = _loaded()
+  pairs = [("one two", " three"), ("four five", " six"), ("seven", " eight nine"),
+           ("ten", " eleven"), ("twelve", " thirteen")]
+  requests = _requests(loaded.tokenizer, pairs)
+  keys = [0, 1, 2, 3, 4]
+  reference = scoring.FlowRequestScorer(loaded, max_length=48, num_time_samples=4, batch_size=8)
+  small = scoring.FlowRequestScorer(loaded, max_length=48, num_time_samples=4, batch_size=2)
+  expected = [score.log_likelihood for score in reference.score(requests, keys)]
+  got = [score.log_likelihood for score in small.score(requests, keys)]
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  order = [3, 0, 4, 1, 2]
+  shuffled = reference.score([requests[i] for i in order], [keys[i] for i in order])
+  np.testing.assert_allclose([score.log_likelihood for score in shuffled],
+                             [expected[i] for i in order], rtol=1e-6)
+
+
+def test_greedy_correct_flags_per_request():
+  loaded = _loaded()
+  scorer = scoring.FlowRequestScorer(loaded, max_length=48, num_time_samples=2, greedy_steps=4)
+  requests = _requests(loaded.tokenizer, [("abc", " d"), ("xyz", " w")])
+  scores = scorer.score(requests, [0, 1])
+  assert all(isinstance(score.greedy_correct, bool) for score in scores)
+
+
+def test_benchmark_runs_on_real_items(shared_data):
+  loaded = _loaded()
+  result = suites.benchmark(loaded, "piqa", max_length=256, tau1=0.9, num_time_samples=2, seed=0,
+                            batch_size=8, limit=4, data_dir=str(shared_data))
+  assert result["num_items"] == 4
+  for metric in ("acc", "acc_norm_chars", "acc_norm_bytes"):
+    assert 0.0 <= result[metric] <= 1.0
+  assert result["num_time_samples"] == 2
+  json.dumps(result)
+
+
+def test_lambada_uses_greedy_decoding(shared_data):
+  loaded = _loaded()
+  result = suites.benchmark(loaded, "lambada_openai", max_length=512, tau1=0.9, num_time_samples=2,
+                            seed=0, batch_size=4, limit=3, greedy_steps=4,
+                            data_dir=str(shared_data))
+  assert result["num_items"] == 3
+  assert 0.0 <= result["acc"] <= 1.0
+  assert math.isfinite(result["ppl"])
+
+
+def test_perplexity_scores_every_token_once(tmp_path):
+  loaded = _loaded()
+  text = "the quick brown fox jumps over the lazy dog\n" * 5
+  path = tmp_path / "text.txt"
+  path.write_text(text)
+  options = likelihood.BoundOptions(tau1_grid=(0.8, 0.95), num_time_samples=2)
+  result = suites.perplexity(loaded, str(path), block_size=32, stride=16, options=options, seed=0,
+                             batch_size=8)
+  assert result["num_scored_tokens"] == len(text)
+  assert result["windows"]["stride"] == 16
+  assert result["set"]["num_words"] == 45
+  np.testing.assert_allclose(math.log(result["word_perplexity"]),
+                             result["nats_per_token"] * len(text) / 45, rtol=1e-6)
+  np.testing.assert_allclose(result["bits_per_character"], result["bits_per_token"], rtol=1e-6)
+
+
+def test_perplexity_rejects_empty_set(tmp_path):
+  loaded = _loaded()
+  path = tmp_path / "empty.txt"
+  path.write_text("")
+  with pytest.raises(ValueError, match="empty evaluation set"):
+    suites.perplexity(loaded, str(path), block_size=32, stride=16,
+                      options=likelihood.BoundOptions(num_time_samples=1), seed=0, batch_size=8)
+
+
+def test_catflow_scorer_matches_direct_computation():
+  loaded = _loaded(causal=True)
+  scorer = genppl.CatflowCausalScorer(loaded, max_length=16, stride=8)
+  texts = ["hello there, general", "ab"]
+  results = scorer.token_nll(texts)
+  # Direct: one window per text shorter than max_length, scoring tokens 1..n-1.
+  from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
+  ids = loaded.tokenizer.encode(texts[1])
+  batch = {"tokens": ids[None], "segment_ids": np.ones_like(ids)[None],
+           "positions": np.arange(len(ids))[None]}
+  logits = autoregressive.next_token_logits(loaded.params, batch, model=loaded.model)
+  expected = -float(jax.nn.log_softmax(logits[0, 0])[ids[1]])
+  np.testing.assert_allclose(results[1][0], expected, rtol=1e-5)
+  assert results[1][1:] == (1, 2)
+  assert results[0][1] == len(texts[0]) - 1
+
+
+def test_generative_perplexity_independent_of_order():
+  loaded = _loaded(causal=True)
+  scorer = genppl.CatflowCausalScorer(loaded, max_length=16, stride=8)
+  texts = ["a long sample that needs two windows or more", "short", "medium length text"]
+  first = genppl.generative_perplexity(texts, scorer)
+  second = genppl.generative_perplexity(texts[::-1], scorer)
+  np.testing.assert_allclose(first["gen_ppl"], second["gen_ppl"], rtol=1e-6)
+  assert first["scored_tokens"] == sum(len(text) - 1 for text in texts)
+  assert first["scorer_tokens"] == sum(len(text) for text in texts)
+
+
+def test_scorer_must_be_causal():
+  with pytest.raises(ValueError, match="not a causal model"):
+    genppl.CatflowCausalScorer(_loaded(), max_length=16)
+
+
+def test_generative_perplexity_rejects_no_samples():
+  with pytest.raises(ValueError, match="at least one sample"):
+    genppl.generative_perplexity([], genppl.CatflowCausalScorer(_loaded(causal=True), 16))
