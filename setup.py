@@ -27,6 +27,8 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         "plots": ["matplotlib>=3.8,<4"],
+        # The Hugging Face scorer of generative perplexity (a local causal LM).
+        "hf": ["torch>=2.4", "transformers>=4.56"],
         # seqio pulls TensorFlow (about 3 GB); only the seqio adapter needs it.
         "seqio": ["seqio>=0.0.19"],
     },

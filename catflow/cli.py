@@ -80,6 +80,8 @@ def _define_flags(command: str):
     flags.DEFINE_integer("num_samples", None, "Number of samples; default: config.sample.num_samples.")
     flags.DEFINE_float("temperature", 0.0, "0 takes the argmax of the final endpoint; > 0 draws "
                        "from softmax(logits / temperature).")
+    flags.DEFINE_bool("word_fraction", True, "Also report the fraction of generated words that "
+                      "occur in the training text of config.data.")
   if command in ("train", "distill", "evaluate", "sample"):
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a multi-process "
                         "run; default: $CATFLOW_COORDINATOR_ADDRESS.")
@@ -241,12 +243,20 @@ def _sample(config, workdir: pathlib.Path):
   entropies = [samples.unigram_entropy(row) for row in tokens]
   for index, (text, entropy) in enumerate(zip(texts, entropies)):
     print(f"--- sample {index} (unigram entropy {entropy:.3f} nats)\n{text}")
+  summary = {"kind": loaded.kind, "step": loaded.step, "steps": steps,
+             "seed": int(config.sample.seed), "num_samples": num_samples, "wall_seconds": seconds,
+             "mean_unigram_entropy_nats": sum(entropies) / len(entropies)}
   print(f"\n{num_samples} samples, {steps} steps, {seconds:.1f} s; mean unigram entropy "
-        f"{sum(entropies) / len(entropies):.3f} nats")
+        f"{summary['mean_unigram_entropy_nats']:.3f} nats")
+  if flags.FLAGS.word_fraction:
+    from catflow.data import pipeline  # pylint: disable=import-outside-toplevel
+    data_options = pipeline.DataOptions.from_mapping(config.data.to_dict())
+    corpus = pipeline.load_tokenized(data_options, tokenizer=loaded.tokenizer)
+    fraction, count = samples.word_fraction(texts, samples.word_vocabulary(corpus.train_text))
+    summary.update(word_fraction=fraction, num_words=count)
+    print(f"word fraction (generated words found in the training text): {fraction:.3f} of {count}")
   output = pathlib.Path(flags.FLAGS.output or workdir / f"sample_{loaded.step}.json")
-  output.write_text(json.dumps({"kind": loaded.kind, "step": loaded.step, "steps": steps,
-                                "seed": int(config.sample.seed), "texts": texts,
-                                "unigram_entropy_nats": entropies, "wall_seconds": seconds},
+  output.write_text(json.dumps(dict(summary, texts=texts, unigram_entropy_nats=entropies),
                                indent=2))
 
 

@@ -201,13 +201,16 @@ def decode_tokens(logits: jax.Array, key: jax.Array | None = None,
 
 def euler_sample(logits_fn: LogitsFn, key: jax.Array, space: StateSpace, batch: int, length: int,
                  num_steps: int, vocab_size: int, tau_grid: Sequence[float] | None = None,
-                 temperature: float = 0.0) -> tuple[jax.Array, jax.Array]:
+                 temperature: float = 0.0,
+                 endpoint_temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Samples a base model with Euler steps on a grid uniform in tau.
 
       z <- z + (t_{i+1} - t_i) (pi(z, t_i) - z) / (1 - t_i),
 
   and the last step returns pi(z, t_{N-1}) (the Euler step to t = 1 lands
-  exactly on the endpoint). Returns (tokens (B, L), final logits (B, L, V_pad)).
+  exactly on the endpoint). endpoint_temperature < 1 sharpens every pi to
+  softmax(logits / endpoint_temperature), trading diversity for likelier
+  tokens; 1 follows the learned flow. Returns (tokens (B, L), final logits).
   """
   taus, ts = time_grid(num_steps, vocab_size, tau_grid)
   key_init, key_decode = jax.random.split(key)
@@ -216,7 +219,7 @@ def euler_sample(logits_fn: LogitsFn, key: jax.Array, space: StateSpace, batch: 
 
   def step(index, state):
     tau = jnp.full((batch,), taus32[index])
-    pi = jax.nn.softmax(logits_fn(state, tau, tau), axis=-1)
+    pi = jax.nn.softmax(logits_fn(state, tau, tau) / endpoint_temperature, axis=-1)
     a, b = flow_map_coefficients(ts32[index], ts32[index + 1])
     return a * state + b * space.embed(pi)
 
@@ -228,7 +231,8 @@ def euler_sample(logits_fn: LogitsFn, key: jax.Array, space: StateSpace, batch: 
 
 def flow_map_sample(logits_fn: LogitsFn, key: jax.Array, space: StateSpace, batch: int, length: int,
                     num_steps: int, vocab_size: int, tau_grid: Sequence[float] | None = None,
-                    stochastic: bool = False, temperature: float = 0.0) -> tuple[jax.Array, jax.Array]:
+                    stochastic: bool = False, temperature: float = 0.0,
+                    endpoint_temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Samples a Categorical Flow Map in num_steps jumps (k = 1, 2, 4, 8, or any k > 0).
 
       z <- X_{t_i, t_{i+1}}(z) = a z + b mu(z, t_i, t_{i+1}),
@@ -236,6 +240,7 @@ def flow_map_sample(logits_fn: LogitsFn, key: jax.Array, space: StateSpace, batc
   and the last jump returns mu(z, t_{k-1}, 1). With stochastic=True each
   intermediate state is re-noised instead: z <- (1 - t_{i+1}) x0' + t_{i+1} mu(z, t_i, 1),
   a fresh draw of the path at t_{i+1} around the one-jump endpoint.
+  endpoint_temperature sharpens every mu as in euler_sample.
   Returns (tokens (B, L), final logits (B, L, V_pad)).
   """
   taus, ts = time_grid(num_steps, vocab_size, tau_grid)
@@ -245,12 +250,12 @@ def flow_map_sample(logits_fn: LogitsFn, key: jax.Array, space: StateSpace, batc
     tau_s = jnp.full((batch,), taus[index], jnp.float32)
     if stochastic:
       tau_end = jnp.ones((batch,), jnp.float32)
-      mu = jax.nn.softmax(logits_fn(state, tau_s, tau_end), axis=-1)
+      mu = jax.nn.softmax(logits_fn(state, tau_s, tau_end) / endpoint_temperature, axis=-1)
       t_next = jnp.float32(ts[index + 1])
       state = (1.0 - t_next) * space.initial(keys[index + 1], batch, length) + t_next * space.embed(mu)
     else:
       tau_t = jnp.full((batch,), taus[index + 1], jnp.float32)
-      mu = jax.nn.softmax(logits_fn(state, tau_s, tau_t), axis=-1)
+      mu = jax.nn.softmax(logits_fn(state, tau_s, tau_t) / endpoint_temperature, axis=-1)
       a, b = flow_map_coefficients(jnp.float32(ts[index]), jnp.float32(ts[index + 1]))
       state = a * state + b * space.embed(mu)
   tau_s = jnp.full((batch,), taus[-2], jnp.float32)

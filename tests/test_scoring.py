@@ -172,3 +172,43 @@ def test_scorer_must_be_causal():
 def test_generative_perplexity_rejects_no_samples():
   with pytest.raises(ValueError, match="at least one sample"):
     genppl.generative_perplexity([], genppl.CatflowCausalScorer(_loaded(causal=True), 16))
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory, shared_data):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  directory = tmp_path_factory.mktemp("tiny_gpt2")
+  tokenizer = transformers.GPT2TokenizerFast(
+      vocab=str(shared_data / "gpt2_bpe" / "encoder.json"),
+      merges=str(shared_data / "gpt2_bpe" / "vocab.bpe"))
+  assert tokenizer("Hello world")["input_ids"] == [15496, 995]
+  torch.manual_seed(0)
+  config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32,
+                                   vocab_size=len(tokenizer))
+  transformers.GPT2LMHeadModel(config).save_pretrained(directory)
+  tokenizer.save_pretrained(directory)
+  return directory
+
+
+def test_huggingface_scorer_sliding_window(tiny_gpt2):
+  import torch  # pylint: disable=import-outside-toplevel
+  scorer = genppl.HuggingFaceCausalScorer(str(tiny_gpt2), stride=16)
+  assert scorer.max_length == 32
+  short = "Hello world, this is a test."
+  long = " ".join(["the cat sat on the mat and looked around"] * 8)
+  results = scorer.token_nll([short, long])
+  ids = scorer.encode(short)
+  # A short text fits one window: BOS then every token scored.
+  with torch.no_grad():
+    inputs = torch.as_tensor(np.concatenate([[scorer.bos], ids])[None])
+    log_probs = torch.log_softmax(scorer.model(inputs).logits[0, :-1].float(), dim=-1)
+    expected = -log_probs.gather(1, inputs[0, 1:, None])[:, 0].sum().item()
+  np.testing.assert_allclose(results[0][0], expected, rtol=1e-5)
+  assert results[0][1] == len(ids)
+  long_ids = scorer.encode(long)
+  assert len(long_ids) > 32
+  assert results[1][1] == len(long_ids)  # Scored with a sliding context, never truncated.
+  first = genppl.generative_perplexity([short, long], scorer)
+  second = genppl.generative_perplexity([long, short], scorer)
+  np.testing.assert_allclose(first["gen_ppl"], second["gen_ppl"], rtol=1e-6)

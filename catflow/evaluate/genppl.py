@@ -127,7 +127,7 @@ class HuggingFaceCausalScorer:
     self._torch = torch
     self.tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
     self.model = transformers.AutoModelForCausalLM.from_pretrained(
-        directory, local_files_only=True, torch_dtype=torch.float32).to(device).eval()
+        directory, local_files_only=True, dtype=torch.float32).to(device).eval()
     self.device = device
     self.name = f"huggingface:{directory}"
     self.max_length = int(getattr(self.model.config, "n_positions", None) or

@@ -90,9 +90,10 @@ def report_for(source: str, steps: int | None, token_rows: Sequence[np.ndarray],
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "batch", "length",
-                                             "projected_state", "temperature"))
+                                             "projected_state", "temperature",
+                                             "endpoint_temperature"))
 def _sample_batch(model, params, key, *, num_steps: int, batch: int, length: int,
-                  projected_state: bool, temperature: float):
+                  projected_state: bool, temperature: float, endpoint_temperature: float):
   cfg = model.config
   segment_ids = jnp.ones((batch, length), jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
@@ -109,13 +110,14 @@ def _sample_batch(model, params, key, *, num_steps: int, batch: int, length: int
 
   sampler = flow_map.flow_map_sample if cfg.two_time else flow_map.euler_sample
   tokens, _ = sampler(logits_fn, key, space, batch, length, num_steps, cfg.vocab_size,
-                      temperature=temperature)
+                      temperature=temperature, endpoint_temperature=endpoint_temperature)
   return tokens
 
 
 def generate(loaded: loading.LoadedModel, *, num_samples: int, num_steps: int, length: int,
              seed: int, batch_size: int, projected_state: bool | None = None,
-             temperature: float = 0.0) -> tuple[np.ndarray, float]:
+             temperature: float = 0.0,
+             endpoint_temperature: float = 1.0) -> tuple[np.ndarray, float]:
   """Samples num_samples rows of length tokens; returns (tokens, wall seconds).
 
   A base model uses the Euler sampler with num_steps steps, a CFM the flow-map
@@ -137,7 +139,7 @@ def generate(loaded: loading.LoadedModel, *, num_samples: int, num_steps: int, l
       key = jax.random.fold_in(jax.random.key(seed), first)
       tokens = _sample_batch(loaded.model, loaded.params, key, num_steps=num_steps,
                              batch=batch_size, length=length, projected_state=projected_state,
-                             temperature=temperature)
+                             temperature=temperature, endpoint_temperature=endpoint_temperature)
       rows.append(np.asarray(tokens))
   tokens = np.concatenate(rows)[:num_samples]
   return tokens, time.time() - start
