@@ -97,7 +97,8 @@ def _define_flags(command: str):
                       "Perplexity sets: registered names or paths to .txt files.")
     flags.DEFINE_integer("block_size", 0, "Perplexity window and benchmark request length in "
                          "tokens; 0 means data.seq_len.")
-    flags.DEFINE_integer("stride", 0, "Perplexity window step; 0 means block_size / 2.")
+    flags.DEFINE_integer("stride", 0, "Perplexity window step; 0 means block_size (disjoint "
+                         "windows, whose total is a bound).")
     flags.DEFINE_list("benchmarks", ["lambada_openai", "piqa", "hellaswag", "arc_easy",
                                      "arc_challenge", "winogrande", "openbookqa", "siqa", "boolq",
                                      "copa"], "Zero-shot benchmarks to run.")
@@ -215,6 +216,9 @@ def _evaluate(config, workdir: pathlib.Path):
                                     corpus.tokenizer.identity(),
                                     what=f"checkpoint in {workdir} vs config.data")
   results = run.run(config, loaded, options)
+  from catflow.parallel import distributed  # pylint: disable=import-outside-toplevel
+  if not distributed.is_primary():
+    return
   output = pathlib.Path(flags.FLAGS.output or workdir / f"evaluate_{loaded.step}.json")
   output.write_text(json.dumps(results, indent=2))
   print(run.format_results(results))
@@ -248,16 +252,24 @@ def _sample(config, workdir: pathlib.Path):
              "mean_unigram_entropy_nats": sum(entropies) / len(entropies)}
   print(f"\n{num_samples} samples, {steps} steps, {seconds:.1f} s; mean unigram entropy "
         f"{summary['mean_unigram_entropy_nats']:.3f} nats")
-  if flags.FLAGS.word_fraction:
+  from catflow.parallel import distributed  # pylint: disable=import-outside-toplevel
+  if not distributed.is_primary():
+    return
+  output = pathlib.Path(flags.FLAGS.output or workdir / f"sample_{loaded.step}.json")
+  output.write_text(json.dumps(dict(summary, texts=texts, unigram_entropy_nats=entropies),
+                               indent=2))
+  if flags.FLAGS.word_fraction and config.data.corpus:
     from catflow.data import pipeline  # pylint: disable=import-outside-toplevel
     data_options = pipeline.DataOptions.from_mapping(config.data.to_dict())
     corpus = pipeline.load_tokenized(data_options, tokenizer=loaded.tokenizer)
     fraction, count = samples.word_fraction(texts, samples.word_vocabulary(corpus.train_text))
     summary.update(word_fraction=fraction, num_words=count)
     print(f"word fraction (generated words found in the training text): {fraction:.3f} of {count}")
-  output = pathlib.Path(flags.FLAGS.output or workdir / f"sample_{loaded.step}.json")
-  output.write_text(json.dumps(dict(summary, texts=texts, unigram_entropy_nats=entropies),
-                               indent=2))
+    output.write_text(json.dumps(dict(summary, texts=texts, unigram_entropy_nats=entropies),
+                                 indent=2))
+  elif flags.FLAGS.word_fraction:
+    logging.warning("No word fraction: config.data.corpus is empty, so there is no training text")
+  print(f"samples: {output}")
 
 
 def _parse_flags(command: str, argv: list[str]) -> list[str]:

@@ -171,9 +171,9 @@ class VocabSpace:
 def _categorical(key: jax.Array, logits: jax.Array, temperature: float) -> jax.Array:
   """Draws tokens from softmax(logits / temperature) with float32 Gumbel noise.
 
-  Uniforms are drawn in float32 on [tiny, 1), so the Gumbel tail reaches
-  -log(-log(1 - 2^-24)) ~ 16.6 nats: bfloat16 noise would stop near 5 and
-  visibly lower the entropy of the draws.
+  Uniforms are drawn in float32 on [tiny, 1) with a spacing of 2^-23, so the
+  Gumbel tail reaches -log(-log(1 - 2^-23)) ~ 15.9: bfloat16 noise would stop
+  near 5 and visibly lower the entropy of the draws.
   """
   logits = logits.astype(jnp.float32) / temperature
   uniform = jax.random.uniform(key, logits.shape, jnp.float32,
@@ -225,7 +225,7 @@ def euler_sample(logits_fn: LogitsFn, key: jax.Array, space: StateSpace, batch: 
 
   state = jax.lax.fori_loop(0, len(taus) - 2, step, state)
   last = jnp.full((batch,), taus32[-2])
-  logits = logits_fn(state, last, last)
+  logits = logits_fn(state, last, last) / endpoint_temperature
   return decode_tokens(logits, key_decode, temperature), logits
 
 
@@ -259,7 +259,7 @@ def flow_map_sample(logits_fn: LogitsFn, key: jax.Array, space: StateSpace, batc
       a, b = flow_map_coefficients(jnp.float32(ts[index]), jnp.float32(ts[index + 1]))
       state = a * state + b * space.embed(mu)
   tau_s = jnp.full((batch,), taus[-2], jnp.float32)
-  logits = logits_fn(state, tau_s, jnp.ones((batch,), jnp.float32))
+  logits = logits_fn(state, tau_s, jnp.ones((batch,), jnp.float32)) / endpoint_temperature
   return decode_tokens(logits, keys[-1], temperature), logits
 
 

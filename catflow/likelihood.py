@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from catflow import paths
+from catflow.parallel import partitioning
 
 # logits_fn(params, x, tau_s, tau_t, segment_ids, positions) -> float32 logits (B, L, V_pad).
 WindowLogitsFn = Callable[..., jax.Array]
@@ -56,8 +57,9 @@ class BoundOptions:
     if self.num_time_samples < 1 or self.num_decoder_samples < 1:
       raise ValueError(f"num_time_samples={self.num_time_samples} and num_decoder_samples="
                        f"{self.num_decoder_samples} must both be at least 1")
-    if not 0.0 <= self.uniform_share <= 1.0:
-      raise ValueError(f"uniform_share={self.uniform_share} must be in [0, 1]")
+    if not 0.0 < self.uniform_share <= 1.0:
+      raise ValueError(f"uniform_share={self.uniform_share} must be in (0, 1]: without uniform-in-t "
+                       "samples the importance weights are unbounded where tau'(t) ~ 0")
     if self.decoder not in ("base", "cfm"):
       raise ValueError(f"decoder={self.decoder!r} is not 'base' or 'cfm'")
     object.__setattr__(self, "tau1_grid", grid)
@@ -143,7 +145,7 @@ def _window_terms(logits_fn, params, tokens, segment_ids, positions, score_mask,
 
   decoder = jax.lax.fori_loop(0, tau1.size * options.num_decoder_samples, decoder_step,
                               jnp.zeros((windows, tau1.size)))
-  return integral, decoder
+  return partitioning.replicate_in_mesh((integral, decoder))
 
 
 @dataclasses.dataclass

@@ -178,9 +178,14 @@ def tau_from_t(t: jax.Array, vocab_size: int) -> jax.Array:
 
 
 def t_from_tau(tau: jax.Array, vocab_size: int) -> jax.Array:
-  """Maps decodability time tau to time t = gamma(tau), the inverse of tau_from_t."""
+  """Maps decodability time tau to time t = gamma(tau), the inverse of tau_from_t.
+
+  The float32 copy of the table repeats values near tau = 1, so tau >= 1 is
+  mapped to exactly t = 1 rather than through the interpolation.
+  """
   t_grid, tau_grid = decodability_table(vocab_size)
-  return jnp.interp(tau, jnp.asarray(tau_grid, jnp.float32), jnp.asarray(t_grid, jnp.float32))
+  t = jnp.interp(tau, jnp.asarray(tau_grid, jnp.float32), jnp.asarray(t_grid, jnp.float32))
+  return jnp.where(tau >= 1.0, 1.0, t)
 
 
 def t_from_tau_numpy(tau, vocab_size: int) -> np.ndarray:
@@ -248,7 +253,7 @@ def times_from_uniform(u: jax.Array, vocab_size: int, distribution: TimeDistribu
     t = jax.nn.sigmoid(logit_mean + logit_std * normal)
   else:
     raise ValueError(f"time distribution {distribution!r} is not one of "
-                     "'tau_uniform', 't_uniform', 'logit_normal'")
+                     "'tau_uniform', 'tau_power', 't_uniform', 'logit_normal'")
   t = jnp.minimum(t, t_from_tau(jnp.float32(max_tau), vocab_size))
   return tau_from_t(t, vocab_size), t
 

@@ -206,10 +206,11 @@ def test_gradient_accumulation_averages_microbatches():
                                   ema_decay=0.9, grad_accum_steps=2)
   new_state, metrics = jax.jit(step)(state, batch)
 
-  # By hand: microbatch m gets fold_in(fold_in(key(7), step), m); SGD(1) subtracts the mean gradient.
+  # By hand: microbatch m holds rows m, m + 2, ... and gets fold_in(fold_in(key(7), step), m);
+  # SGD(1) subtracts the mean gradient.
   key = jax.random.fold_in(jax.random.key(7), 3)
   results = [jax.value_and_grad(lambda p, m=m: loss_fn(
-      p, jax.tree.map(lambda x: x[4 * m:4 * m + 4], batch), jax.random.fold_in(key, m),
+      p, jax.tree.map(lambda x: x[m::2], batch), jax.random.fold_in(key, m),
       model=model, options=options)[0])(params) for m in range(2)]
   expected_loss = (results[0][0] + results[1][0]) / 2
   expected_params = jax.tree.map(lambda p, a, b: p - (a + b) / 2, params, results[0][1],

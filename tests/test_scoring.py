@@ -65,21 +65,36 @@ def test_choices_of_one_item_share_their_noise():
   assert all(math.isfinite(score.log_likelihood) and score.log_likelihood < 0 for score in scores)
 
 
-def test_scores_do_not_depend_on_batch_size_or_order():
+def test_scores_bitwise_identical_across_groupings_and_orders():
+  # One compiled batch shape scores every request, so a request's score depends
+  # only on the request and its item key.
   loaded = _loaded()
   pairs = [("one two", " three"), ("four five", " six"), ("seven", " eight nine"),
            ("ten", " eleven"), ("twelve", " thirteen")]
   requests = _requests(loaded.tokenizer, pairs)
   keys = [0, 1, 2, 3, 4]
-  reference = scoring.FlowRequestScorer(loaded, max_length=48, num_time_samples=4, batch_size=8)
-  small = scoring.FlowRequestScorer(loaded, max_length=48, num_time_samples=4, batch_size=2)
-  expected = [score.log_likelihood for score in reference.score(requests, keys)]
-  got = [score.log_likelihood for score in small.score(requests, keys)]
-  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  scorer = scoring.FlowRequestScorer(loaded, max_length=48, num_time_samples=4, batch_size=4)
+  together = [score.log_likelihood for score in scorer.score(requests, keys)]
+  pairs_of_two = []
+  for start in range(0, 5, 2):
+    pairs_of_two += [score.log_likelihood
+                     for score in scorer.score(requests[start:start + 2], keys[start:start + 2])]
+  assert pairs_of_two == together
   order = [3, 0, 4, 1, 2]
-  shuffled = reference.score([requests[i] for i in order], [keys[i] for i in order])
-  np.testing.assert_allclose([score.log_likelihood for score in shuffled],
-                             [expected[i] for i in order], rtol=1e-6)
+  shuffled = scorer.score([requests[i] for i in order], [keys[i] for i in order])
+  assert [score.log_likelihood for score in shuffled] == [together[i] for i in order]
+
+
+def test_benchmark_identical_across_request_batch_sizes(shared_data):
+  loaded = _loaded()
+  scorer = scoring.FlowRequestScorer(loaded, max_length=256, num_time_samples=2, batch_size=8)
+  results = [tasks.evaluate_task("copa", scorer, loaded.tokenizer, max_length=256,
+                                 data_dir=str(shared_data), limit=6, batch_size=size,
+                                 request_order=order)
+             for size, order in ((12, "as_loaded"), (1, "as_loaded"), (5, "shuffled"))]
+  for other in results[1:]:
+    for metric in ("acc", "acc_norm_chars", "acc_norm_bytes"):
+      assert other[metric] == results[0][metric]
 
 
 def test_greedy_correct_flags_per_request():

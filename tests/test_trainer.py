@@ -582,3 +582,23 @@ def test_merge_params_keeps_new_leaves():
   merged = trainer.merge_params(base, fresh)
   np.testing.assert_array_equal(merged["dense"]["kernel"], np.ones((2, 2)))
   np.testing.assert_array_equal(merged["gap"]["bias"], np.full(2, 5.0))
+
+
+def test_weight_decay_covers_every_kernel_and_no_embedding():
+  import flax  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from catflow.models.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  from catflow.models.transformer import FlowTransformer  # pylint: disable=import-outside-toplevel
+  from catflow.train import state as state_lib  # pylint: disable=import-outside-toplevel
+
+  model = FlowTransformer(ModelConfig(vocab_size=10, num_layers=2, embed_dim=16, num_heads=2,
+                                      time_features=16, two_time=True))
+  params = nn.unbox(trainer.init_variables(model, jax.random.key(0), 8))
+  mask = flax.traverse_util.flatten_dict(state_lib.weight_decay_mask(params))
+  decayed = sorted("/".join(path) for path, flag in mask.items() if flag)
+  undecayed = sorted("/".join(path) for path, flag in mask.items() if not flag)
+  assert "blocks/layers/block/attention/output/kernel" in decayed
+  assert "blocks/layers/block/attention/query/kernel" in decayed
+  assert "blocks/layers/block/mlp/wi/kernel" in decayed
+  assert "input_kernel" in undecayed
+  assert all(not name.endswith("bias") for name in decayed)

@@ -57,6 +57,10 @@ class DataOptions:
   prepared_dir: str = ""
 
   def __post_init__(self):
+    if not self.corpus and not self.prepared_dir:
+      raise ValueError("data.corpus is empty and data.prepared_dir is not set; name a registered "
+                       "corpus or a file with --config.data.corpus=..., or prepared shards with "
+                       "--config.data.prepared_dir=...")
     if self.seq_len < 2:
       raise ValueError(f"data.seq_len={self.seq_len} must be at least 2")
     if not 0.0 < self.validation_fraction < 1.0:
@@ -310,7 +314,9 @@ def open_training_data(options: DataOptions, batch_size: int, *, tokenizer=None,
                        f"{prepared.seq_len} or prepare the data again")
     data_tokenizer = tokenizers.tokenizer_from_spec(prepared.manifest["tokenizer"]["spec"])
     if tokenizer is not None:
-      prepared.check_tokenizer(tokenizer.identity(), allow_mismatch=allow_tokenizer_mismatch)
+      # Prepared rows hold token ids and cannot be tokenised again, so a
+      # mismatch is an error here even with allow_tokenizer_mismatch.
+      prepared.check_tokenizer(tokenizer.identity())
     stream = prepare.StepIndexedStream(prepared.rows("train"), batch_size, options.seed,
                                        process_index=process_index, process_count=process_count)
     splits = prepared.manifest["splits"]

@@ -60,7 +60,13 @@ def bound_options_from(eval_config, kind: str) -> likelihood.BoundOptions:
 
 def compute_bound(loaded: loading.LoadedModel, windows: dict, options: likelihood.BoundOptions,
                   *, seed: int, batch_size: int) -> likelihood.BoundResult:
-  """Estimates the bound of a loaded model on windows, batches sharded over the mesh."""
+  """Estimates the bound of a loaded model on windows, batches sharded over the mesh.
+
+  Every batch is padded to exactly batch_size rows (rounded up to a multiple of
+  the mesh's batch shards), so one compiled program scores every window, and a
+  window's numbers depend only on the window: they are bitwise identical
+  whatever other windows share its batch and in whichever order they come.
+  """
   shards = mesh_lib.batch_divisor(loaded.mesh)
   if batch_size % shards:
     batch_size = -(-batch_size // shards) * shards
@@ -70,7 +76,7 @@ def compute_bound(loaded: loading.LoadedModel, windows: dict, options: likelihoo
 
   def batches():
     for batch in pipeline.iterate_batches(windows, batch_size):
-      padded, _ = loading.pad_batch(batch, shards)
+      padded, _ = loading.pad_batch(batch, batch_size)
       yield {name: (jax.device_put(value, sharding) if name != "index" else value)
              for name, value in padded.items()}
 
@@ -79,22 +85,10 @@ def compute_bound(loaded: loading.LoadedModel, windows: dict, options: likelihoo
         loaded.logits_fn, loaded.params, batches(), jax.random.key(seed),
         vocab_size=loaded.model_config.vocab_size,
         padded_vocab_size=loaded.model_config.padded_vocab_size, options=options)
-  if len(result.num_tokens) != len(windows["tokens"]):
-    keep = _real_rows(windows, batch_size, shards)
-    result.integral, result.decoder = result.integral[keep], result.decoder[keep]
-    result.num_tokens = result.num_tokens[keep]
+  real = len(windows["tokens"])
+  result.integral, result.decoder = result.integral[:real], result.decoder[:real]
+  result.num_tokens = result.num_tokens[:real]
   return result
-
-
-def _real_rows(windows: dict, batch_size: int, shards: int) -> np.ndarray:
-  """Indices of the real rows among the padded batches, in order."""
-  keep, offset = [], 0
-  total = len(windows["tokens"])
-  for start in range(0, total, batch_size):
-    rows = min(batch_size, total - start)
-    keep.extend(range(offset, offset + rows))
-    offset += -(-rows // shards) * shards
-  return np.asarray(keep)
 
 
 def summarize(result: likelihood.BoundResult, windows: dict, tokenizer,

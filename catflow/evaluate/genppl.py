@@ -79,6 +79,10 @@ class CatflowCausalScorer:
   name: str = "catflow autoregressive"
 
   def __post_init__(self):
+    if self.stride is not None and not 1 <= self.stride < self.max_length:
+      raise ValueError(f"stride={self.stride} must be in [1, max_length={self.max_length}): the "
+                       "first token of every window has no context and is left to the previous "
+                       "window")
     if not self.loaded.model_config.causal:
       raise ValueError(f"{self.loaded.workdir} is not a causal model; train the scorer with "
                        "--config.model.causal=True --config.objective.name=autoregressive")
@@ -96,7 +100,10 @@ class CatflowCausalScorer:
         continue
       cut = perplexity_data.windows(ids, self.max_length, stride)
       scored = cut.scored.copy()
-      scored[0, 0] = False  # The first token has no context (no BOS).
+      # A window's first token has no context in the window; with stride <
+      # max_length it is scored by the previous window, except the very first
+      # token of the sample, which has no context at all (no BOS).
+      scored[:, 0] = False
       nll = _window_nll(self.loaded.model, self.loaded.params, jnp.asarray(cut.tokens),
                         jnp.asarray(cut.valid.astype(np.int32)), jnp.asarray(scored))
       results.append((float(nll), int(scored.sum()), int(ids.size)))
@@ -133,6 +140,9 @@ class HuggingFaceCausalScorer:
     self.max_length = int(getattr(self.model.config, "n_positions", None) or
                           getattr(self.model.config, "max_position_embeddings"))
     self.stride = stride or max(1, self.max_length // 2)
+    if not 1 <= self.stride < self.max_length:
+      raise ValueError(f"stride={self.stride} must be in [1, {self.max_length}), the model's "
+                       "context length, so that every token is scored with context")
     bos = self.tokenizer.bos_token_id
     if bos is None:
       bos = self.tokenizer.eos_token_id
@@ -155,7 +165,7 @@ class HuggingFaceCausalScorer:
       sequence = np.concatenate([[self.bos], ids])
       cut = perplexity_data.windows(sequence, self.max_length, self.stride)
       scored = cut.scored.copy()
-      scored[0, 0] = False  # The BOS token itself is context only.
+      scored[:, 0] = False  # BOS, or a token the previous window scored with context.
       total = 0.0
       with torch.no_grad():
         for row, mask, valid in zip(cut.tokens, scored, cut.valid):

@@ -39,7 +39,7 @@ class EvaluationOptions:
   suites: Sequence[str] = ("bound",)
   perplexity_sets: Sequence[str] = PERPLEXITY_SETS
   block_size: int = 0  # Perplexity windows; 0 means data.seq_len.
-  stride: int = 0  # Perplexity window step; 0 means block_size // 2.
+  stride: int = 0  # Perplexity window step; 0 means block_size (disjoint windows, a true bound).
   benchmarks: Sequence[str] = tuple(tasks.TASKS)
   benchmark_limit: int = 0  # Items per benchmark; 0 means all.
   benchmark_tau1: float = 0.95
@@ -80,7 +80,7 @@ def run(config, loaded: loading.LoadedModel, options: EvaluationOptions) -> dict
 
   if "perplexity" in options.suites:
     block_size = options.block_size or data_options.seq_len
-    stride = options.stride or max(1, block_size // 2)
+    stride = options.stride or block_size
     results["perplexity"] = {
         name: suites.perplexity(loaded, name, block_size=block_size, stride=stride,
                                 options=bound_options, seed=int(eval_config.seed),

@@ -24,6 +24,7 @@ from catflow import flow_map
 from catflow.evaluate import loading
 from catflow.models import projected
 from catflow.parallel import mesh as mesh_lib
+from catflow.parallel import partitioning
 
 _PUNCTUATION = string.punctuation + "\u2018\u2019\u201c\u201d"
 
@@ -111,7 +112,7 @@ def _sample_batch(model, params, key, *, num_steps: int, batch: int, length: int
   sampler = flow_map.flow_map_sample if cfg.two_time else flow_map.euler_sample
   tokens, _ = sampler(logits_fn, key, space, batch, length, num_steps, cfg.vocab_size,
                       temperature=temperature, endpoint_temperature=endpoint_temperature)
-  return tokens
+  return partitioning.replicate_in_mesh(tokens)
 
 
 def generate(loaded: loading.LoadedModel, *, num_samples: int, num_steps: int, length: int,

@@ -3,13 +3,18 @@
 A request (context tokens, continuation tokens) becomes one window: the context
 followed by the continuation, padded to `max_length`. The whole window is
 noised and seen by the model, as in training, and the bound terms are summed
-over the continuation positions only. The score of a choice is minus that
-bound: a lower bound on its log-likelihood, so higher is better.
+over the continuation positions only. The score of a choice is minus that sum,
+so higher is better. It is a bound-based score: the continuation's share of
+a bound on the whole window, not itself a bound on log p(continuation | context),
+because the context is noised together with the continuation.
 
 All choices of one item use the window index of the item, so they share their
-time draws and the noise of every position: the differences between choices
-come from their tokens, not from Monte Carlo noise. For the same reason each
-request uses one fixed t1 (`tau1`) rather than its own minimum over a grid.
+time draws and the noise at every position index. Where the choices share
+their context, as in most tasks, the context positions get identical noise and
+the differences between choices come from their tokens, not from Monte Carlo
+noise. WinoGrande's choices differ in their context, so there the shared noise
+lands on different tokens. Each request uses one fixed t1 (`tau1`) rather
+than its own minimum over a grid.
 
 LAMBADA also needs greedy correctness: the continuation is filled in by the
 model's own sampler given the context (`flow_map.euler_inpaint`, argmax
@@ -92,7 +97,7 @@ class FlowRequestScorer:
     results = []
     for start in range(0, len(windows["tokens"]), batch_size):
       batch = {name: value[start:start + batch_size] for name, value in windows.items()}
-      padded, rows = loading.pad_batch(batch, shards)
+      padded, rows = loading.pad_batch(batch, batch_size)
       known = padded["segment_ids"] > 0
       known &= ~padded["score_mask"]
       keys = jnp.asarray(padded["index"], jnp.uint32)
@@ -122,4 +127,4 @@ def _inpaint(model, params, key, window_keys, tokens, known, segment_ids, *, num
                                   row_known[None], num_steps, cfg.vocab_size,
                                   cfg.padded_vocab_size, two_time=cfg.two_time)[0]
 
-  return jax.vmap(fill_row)(window_keys, tokens, known, segment_ids)
+  return partitioning.replicate_in_mesh(jax.vmap(fill_row)(window_keys, tokens, known, segment_ids))

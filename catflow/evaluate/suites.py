@@ -2,12 +2,15 @@
 
 Perplexity: a text set (PTB, WikiText-2 or any .txt file) is tokenised with the
 checkpoint's tokenizer and cut into windows of `block_size` tokens starting
-every `stride` tokens; each token is scored exactly once, with the tokens
-before it in its window as context. The bound gives nats per scored token;
-from the totals come bits per token, token perplexity, word-level perplexity
-(total nats over the set's words) and bits per character and per byte.
+every `stride` tokens, and each token is scored exactly once. With stride =
+block_size (the default) the windows are disjoint and the total is a bound on
+-log p of the text as independent blocks. With a smaller stride each window
+sums only the terms of its scored tokens, with the earlier tokens of the
+window noised alongside them: a bound-based score, not a bound. From the totals
+come bits per token, token perplexity, word-level perplexity (total nats over
+the set's words) and bits per character and per byte.
 
-Benchmarks: every choice is scored by the bound on its continuation
+Benchmarks: every choice is scored by the bound terms of its continuation
 (`scoring.FlowRequestScorer`) and aggregated by `tasks.evaluate_task`.
 """
 
@@ -84,7 +87,7 @@ def benchmark(loaded: loading.LoadedModel, name: str, *, max_length: int, tau1: 
       batch_size=batch_size, greedy_steps=greedy_steps if name == "lambada_openai" else 0)
   result = tasks.evaluate_task(name, scorer, loaded.tokenizer, max_length=max_length,
                                data_dir=data_dir, limit=limit, batch_size=batch_size)
-  result.update({"score": "bound on the continuation tokens (a log-likelihood lower bound)",
+  result.update({"score": "minus the bound terms of the continuation tokens (a bound-based score)",
                  "tau1": tau1, "num_time_samples": num_time_samples, "seed": seed,
                  "mode": "joint noising of context and continuation; shared per-item noise",
                  "wall_seconds": time.time() - start})

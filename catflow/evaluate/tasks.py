@@ -988,7 +988,9 @@ class RequestScore:
 
   Attributes:
     log_likelihood: Log-likelihood of the continuation tokens in nats, summed
-      over tokens. For catflow models it is a lower bound, so higher is better.
+      over tokens; higher is better. For catflow flow models it is minus the
+      continuation's bound terms, a bound-based score rather than an exact
+      log-likelihood.
     num_tokens: Number of continuation tokens, `len(request.continuation_ids)`.
     num_chars: `request.num_chars`.
     num_bytes: `request.num_bytes`.
@@ -1073,8 +1075,9 @@ def aggregate(
   LAMBADA reports `acc`, the fraction of items whose `greedy_correct` is true
   (every target token right), `ppl` = exp(-sum of log-likelihoods / items),
   which is lm-eval's lambada perplexity, and `nats_per_token` = -sum of
-  log-likelihoods / target tokens. With a lower bound on the log-likelihood,
-  `ppl` and `nats_per_token` are upper bounds.
+  log-likelihoods / target tokens. With the bound-based scores of flow models,
+  `ppl` and `nats_per_token` are computed from those scores, not from exact
+  log-likelihoods.
 
   Args:
     task: Task name. Decides which metrics are computed.

@@ -129,6 +129,20 @@ class HeadProjection(nn.Module):
     return jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), kernel.astype(self.dtype))
 
 
+class HeadMerge(nn.Module):
+  """Projects (B, L, heads, depth) back to (B, L, d) with a (heads, depth, d) kernel."""
+
+  features: int
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")),
+                        x.shape[-2:] + (self.features,))
+    return jnp.einsum("blhk,hkd->bld", x.astype(self.dtype), kernel.astype(self.dtype))
+
+
 class Attention(nn.Module):
   """Bidirectional multi-head self-attention with RoPE and a document mask."""
 
@@ -157,10 +171,7 @@ class Attention(nn.Module):
       output = jax.nn.dot_product_attention(query, key, value, mask=mask,
                                             implementation=implementation)
     output = checkpoint_name(output, "attention")
-    kernel = self.param("output", nn.with_logical_partitioning(
-        nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")),
-                        (heads, depth, cfg.embed_dim))
-    return jnp.einsum("blhk,hkd->bld", output, kernel.astype(dtype))
+    return HeadMerge(cfg.embed_dim, dtype, name="output")(output)
 
 
 class Mlp(nn.Module):

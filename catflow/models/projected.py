@@ -9,9 +9,9 @@ times a deterministic scale, the V-dimensional state is never needed:
 - at sampling and in distillation every update is z <- a z + b mu, so
   h <- a h + b (mu @ W).
 
-Both are exact in distribution. When V_pad <= d drawing x0 directly is cheaper
-than the square root, and that path is taken (with the same random numbers as
-the V-dimensional path).
+Both are exact in distribution. When V <= d drawing x0 directly is as cheap as
+the square root, and that path is taken (with the same random numbers as the
+V-dimensional path).
 """
 
 from __future__ import annotations
@@ -26,15 +26,17 @@ def projected_noise(key: jax.Array, kernel: jax.Array, vocab_size: int,
                     batch_shape: tuple[int, ...]) -> jax.Array:
   """Draws x0 @ W for x0 ~ N(0, I) over the real vocabulary; shape batch_shape + (d,)."""
   padded_vocab_size, depth = kernel.shape
-  if padded_vocab_size <= depth:
-    # The same draw as the V-dimensional path, then projected.
+  if vocab_size <= depth:
+    # The same draw as the V-dimensional path, then projected. For V <= d the
+    # eigendecomposition below would have zero eigenvalues, whose gradients
+    # are not finite, and drawing x0 costs no more than the square root.
     x0 = paths.sample_source(key, batch_shape + (padded_vocab_size,), vocab_size)
     return jnp.einsum("...v,vd->...d", x0, kernel.astype(jnp.float32),
                       precision=jax.lax.Precision.HIGHEST)
   real_kernel = kernel[:vocab_size].astype(jnp.float32)
   covariance = jnp.einsum("vd,ve->de", real_kernel, real_kernel,
                           precision=jax.lax.Precision.HIGHEST)
-  # Eigendecomposition rather than Cholesky: exact for a singular W^T W too.
+  # For V > d, W_real^T W_real has full rank for any kernel of full column rank.
   eigenvalues, eigenvectors = jnp.linalg.eigh(covariance)
   root = eigenvectors * jnp.sqrt(jnp.maximum(eigenvalues, 0.0))  # root @ root.T = W^T W
   gaussian = jax.random.normal(key, batch_shape + (depth,), jnp.float32)

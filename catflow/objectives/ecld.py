@@ -27,15 +27,25 @@ from catflow.objectives import common
 from catflow.objectives import pairs
 
 
-def student_mean_and_time_derivative(params, batch, inputs, tau_s, t, *, model):
-  """Returns (mu(x, s, t), d mu / dt), the derivative by jax.jvp through the network."""
+def student_logits_and_time_derivative(params, batch, inputs, tau_s, t, *, model):
+  """Returns (logits of mu(x, s, t), their d/dt), the derivative by jax.jvp through the network."""
   vocab_size = model.config.vocab_size
 
-  def mean_of_time(time):
+  def logits_of_time(time):
     tau_t = paths.tau_from_t(time, vocab_size)
-    return jax.nn.softmax(common.apply_model(model, params, inputs, tau_s, tau_t, batch), axis=-1)
+    return common.apply_model(model, params, inputs, tau_s, tau_t, batch)
 
-  return jax.jvp(mean_of_time, (t,), (jnp.ones_like(t),))
+  return jax.jvp(logits_of_time, (t,), (jnp.ones_like(t),))
+
+
+def student_mean_and_time_derivative(params, batch, inputs, tau_s, t, *, model):
+  """Returns (mu(x, s, t), d mu / dt), the derivative by jax.jvp through the network."""
+  logits, logits_dot = student_logits_and_time_derivative(params, batch, inputs, tau_s, t,
+                                                          model=model)
+  mu = jax.nn.softmax(logits, axis=-1)
+  # Softmax Jacobian-vector product: d mu = mu * (d logits - <mu, d logits>).
+  mu_dot = mu * (logits_dot - jnp.sum(mu * logits_dot, axis=-1, keepdims=True))
+  return mu, mu_dot
 
 
 def teacher_endpoint(teacher_params, batch, x, tau, *, model) -> jax.Array:
@@ -91,15 +101,17 @@ def loss_fn(params, batch, key: jax.Array, *, model, options: common.ObjectiveOp
   off_batch = pairs.split_rows(batch, diagonal)
   off_inputs = pairs.split_rows(inputs, diagonal)
   s, t = t_s[diagonal:], t_t[diagonal:]
-  mu, mu_dot = student_mean_and_time_derivative(params, off_batch, off_inputs, tau_s[diagonal:], t,
-                                                model=model)
+  logits, logits_dot = student_logits_and_time_derivative(params, off_batch, off_inputs,
+                                                          tau_s[diagonal:], t, model=model)
+  mu = jax.nn.softmax(logits, axis=-1)
+  mu_dot = mu * (logits_dot - jnp.sum(mu * logits_dot, axis=-1, keepdims=True))
   x_t = flow_map.flow_map(off_inputs["x"], s, t, jax.lax.stop_gradient(mu))
   target = teacher_endpoint(teacher_params, off_batch, x_t, tau_t[diagonal:], model=model)
 
   # 4. Loss: a CE(target, mu) + b ||(1 - t) gamma d mu / dt||^2.
   gamma = (t - s) / paths.one_minus(s)
   scaled_derivative = ((1.0 - t) * gamma)[:, None, None] * mu_dot
-  endpoint_cross_entropy = -jnp.sum(target * jnp.log(jnp.maximum(mu, 1e-30)), axis=-1)
+  endpoint_cross_entropy = common.cross_entropy_with_distribution(logits, target)
   derivative_penalty = jnp.sum(jnp.square(scaled_derivative), axis=-1)
   off_loss = (options.ecld_cross_entropy_weight * endpoint_cross_entropy
               + options.ecld_derivative_weight * derivative_penalty)

@@ -61,3 +61,14 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> NamedSharding:
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def replicate_in_mesh(tree):
+  """Constrains jit outputs to be replicated under the mesh set by jax.set_mesh.
+
+  Every process can then read them with np.asarray, which a batch-sharded
+  output of a multi-process run does not allow. Without a mesh it is a no-op.
+  """
+  if jax.sharding.get_abstract_mesh().empty:
+    return tree
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, P()), tree)

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# Parameters with these names get weight decay; embeddings, biases and the
-# time and modulation biases do not.
+# Parameters with these names get weight decay: every dense and attention
+# kernel. Embedding tables (input_kernel, posterior_kernel,
+# self_condition_kernel, position_embedding), biases and modulation offsets do not.
 _DECAYED_NAMES = ("kernel",)
 
 

@@ -67,9 +67,11 @@ def make_train_step(model: FlowTransformer, loss_fn, options: objective_common.O
   """Returns train_step(state, batch) -> (state, metrics).
 
   The step's random numbers come from fold_in(key(seed), step). With
-  grad_accum_steps = k > 1 the global batch is split into k microbatches along
-  the batch axis, microbatch m uses fold_in(step key, m), and their gradients
-  and metrics are averaged before one optimizer update.
+  grad_accum_steps = k > 1 the global batch is split into k microbatches of
+  every k-th row (row r goes to microbatch r mod k, so every device keeps its
+  own rows), microbatch m uses fold_in(step key, m), and their gradients and
+  metrics are averaged before one optimizer update. Times are then stratified
+  within each microbatch rather than over the global batch.
   """
   base_key = jax.random.key(seed)
   use_ema_teacher = options.teacher == "ema"
@@ -86,7 +88,8 @@ def make_train_step(model: FlowTransformer, loss_fn, options: objective_common.O
       (loss, metrics), grads = loss_and_grads(state.params, teacher, batch, key)
     else:
       micro = jax.tree.map(
-          lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
+          lambda x: jnp.swapaxes(x.reshape((x.shape[0] // grad_accum_steps, grad_accum_steps)
+                                           + x.shape[1:]), 0, 1),
           batch)
 
       def accumulate(carry, index):

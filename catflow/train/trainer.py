@@ -175,7 +175,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
   data_options = pipeline.DataOptions.from_mapping(config.data.to_dict())
   batch_size = int(config.batch_size)
   base_meta, base_ema, base_tokenizer = None, None, None
-  if kind == "cfm":
+  resumed_meta = _latest_meta(workdir)
+  if kind == "cfm" and resumed_meta is not None and resumed_meta.get("kind") == "cfm":
+    # A CFM run that already has a checkpoint resumes from it alone: its own
+    # description names the model, the tokenizer and the base it started from.
+    base_model_config = ModelConfig.from_dict(resumed_meta["model_config"]).replace(two_time=False)
+    base_tokenizer = tokenizers.tokenizer_from_spec(resumed_meta["tokenizer"]["spec"])
+    base_meta = resumed_meta["base"]
+  elif kind == "cfm":
     base_meta, base_model_config, base_tokenizer, base_ema = load_base_for_distillation(config, mesh)
   data = pipeline.open_training_data(
       data_options, batch_size, tokenizer=base_tokenizer,
@@ -199,6 +206,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
                               padded_vocab_size=model_config.padded_vocab_size,
                               mlp_dim=model_config.resolved_mlp_dim,
                               embed_dim=model_config.embed_dim)
+  if jax.process_count() > 1 and mesh_lib.batch_divisor(mesh) % jax.process_count():
+    raise ValueError(
+        f"{jax.process_count()} processes share {mesh_lib.batch_divisor(mesh)} batch shards "
+        f"(data x fsdp of mesh {dict(mesh.shape)}); each process must hold whole batch shards, so "
+        "make data x fsdp a multiple of the process count")
   data_iterator = data.iterator
   batch_sharding = partitioning.batch_sharding(mesh)
 
@@ -256,7 +268,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
         checkpoint_lib.checkpoint_dir(workdir), max_to_keep=int(config.max_checkpoints_to_keep),
         save_interval_steps=int(config.checkpoint_every))
     extra_meta = {}
-    if kind == "cfm":
+    if kind == "cfm" and base_ema is None:
+      extra_meta["base"] = base_meta
+    elif kind == "cfm":
       extra_meta["base"] = {"workdir": str(pathlib.Path(config.distill.base_workdir).absolute()),
                             "step": base_meta["step"]}
     latest = checkpointer.latest_step()
@@ -356,12 +370,34 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, kind: st
                      meta=final_meta)
 
 
+def _latest_meta(workdir: pathlib.Path) -> dict | None:
+  """Returns the description of the workdir's latest checkpoint, or None without one."""
+  directory = checkpoint_lib.checkpoint_dir(workdir)
+  if not directory.exists():
+    return None
+  checkpointer = checkpoint_lib.Checkpointer(directory, read_only=True)
+  try:
+    latest = checkpointer.latest_step()
+    return None if latest is None else checkpointer.restore_meta(latest)
+  finally:
+    checkpointer.close()
+
+
 def _truncate_metrics(path: pathlib.Path, last_step: int):
   """Drops logged metrics after the restored step, which the resumed run logs again."""
   if not path.exists():
     return
-  kept = [line for line in path.read_text().splitlines()
-          if line.strip() and json.loads(line).get("step", 0) <= last_step]
+  kept = []
+  for number, line in enumerate(path.read_text().splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      entry = json.loads(line)
+    except json.JSONDecodeError:
+      logging.warning("Dropping unreadable line %d of %s (an interrupted write)", number, path)
+      continue
+    if entry.get("step", 0) <= last_step:
+      kept.append(line)
   path.write_text("".join(line + "\n" for line in kept))
 
 
