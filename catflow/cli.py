@@ -95,8 +95,10 @@ def _define_flags(command: str):
     flags.DEFINE_list("perplexity_sets", ["ptb_test", "ptb_valid", "wikitext2_test",
                                           "wikitext2_valid"],
                       "Perplexity sets: registered names or paths to .txt files.")
-    flags.DEFINE_integer("block_size", 0, "Perplexity window and benchmark request length in "
-                         "tokens; 0 means data.seq_len.")
+    flags.DEFINE_integer("block_size", 0, "Perplexity window length in tokens; 0 means "
+                         "data.seq_len.")
+    flags.DEFINE_integer("benchmark_max_length", 0, "Tokens per benchmark request, the context "
+                         "truncated from the left; 0 means max(data.seq_len, 512).")
     flags.DEFINE_integer("stride", 0, "Perplexity window step; 0 means block_size (disjoint "
                          "windows, whose total is a bound).")
     flags.DEFINE_list("benchmarks", ["lambada_openai", "piqa", "hellaswag", "arc_easy",
@@ -204,6 +206,7 @@ def _evaluate(config, workdir: pathlib.Path):
       suites=flags.FLAGS.suites, perplexity_sets=flags.FLAGS.perplexity_sets,
       block_size=flags.FLAGS.block_size, stride=flags.FLAGS.stride,
       benchmarks=flags.FLAGS.benchmarks, benchmark_limit=flags.FLAGS.benchmark_limit,
+      benchmark_max_length=flags.FLAGS.benchmark_max_length,
       scorer_workdir=flags.FLAGS.scorer_workdir or "", hf_scorer_dir=flags.FLAGS.hf_scorer_dir or "",
       genppl_steps=flags.FLAGS.genppl_steps)
   data_options = pipeline.DataOptions.from_mapping(config.data.to_dict())

@@ -243,9 +243,10 @@ def test_evaluate_command(quickstart_run):
   assert process.returncode == 0, describe(process)
   output = workdir / "cfm" / "evaluate_10.json"
   assert f"results: {output}" in process.stdout
-  summary = json.loads(output.read_text())
-  assert summary["kind"] == "cfm"
-  assert summary["step"] == 10
+  results = json.loads(output.read_text())
+  assert results["model"]["kind"] == "cfm"
+  assert results["model"]["step"] == 10
+  summary = results["bound"]
   # Same windows, seeds and params as the quickstart's evaluation of the CFM.
   expected = report["cfm"]["bound"]
   for name in ("nats_per_token", "nats_per_token_stderr", "bits_per_character"):
@@ -274,3 +275,34 @@ def test_sample_command(quickstart_run, tmp_path):
   (cfm_two_steps,) = [entry for entry in report["samples"]
                       if entry["source"] == "CFM" and entry["steps"] == 2]
   assert written["texts"] == cfm_two_steps["examples"]
+
+
+@pytest.mark.slow
+def test_evaluate_every_suite_in_one_command(quickstart_run, tmp_path, shared_data):
+  # An autoregressive scorer on the same corpus, then one evaluate command with
+  # the perplexity sets, all ten benchmarks (a few items each) and gen PPL.
+  _, workdir, _, corpus, cache_dir = quickstart_run
+  scorer = tmp_path / "scorer"
+  process = run_catflow("train", *_config_flags(corpus, cache_dir), f"--workdir={scorer}",
+                        "--config.model.causal=True", "--config.objective.name=autoregressive",
+                        cache_dir=cache_dir)
+  assert process.returncode == 0, describe(process)
+  output = tmp_path / "all.json"
+  process = run_catflow(
+      "evaluate", *_config_flags(corpus, cache_dir), f"--workdir={workdir / 'base'}",
+      "--suites=bound,perplexity,benchmarks,genppl", "--perplexity_sets=ptb_test",
+      "--benchmark_limit=2", f"--scorer_workdir={scorer}", f"--output={output}",
+      "--config.eval.num_time_samples=2", "--config.sample.num_samples=4", cache_dir=cache_dir)
+  assert process.returncode == 0, describe(process)
+  results = json.loads(output.read_text())
+  assert set(results) >= {"model", "bound", "perplexity", "benchmarks", "genppl", "seeds"}
+  ptb = results["perplexity"]["ptb_test"]
+  assert ptb["set"]["num_words_for_perplexity"] == 82430
+  assert ptb["num_scored_tokens"] > 0
+  assert len(results["benchmarks"]) == 10
+  for name, entry in results["benchmarks"].items():
+    assert entry["num_items"] == 2, name
+  genppl = results["genppl"]
+  assert genppl["num_samples"] == 4
+  assert genppl["scorers"][0]["gen_ppl"] > 1.0
+  assert "gen PPL" in process.stdout

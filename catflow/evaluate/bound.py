@@ -14,6 +14,7 @@ import time
 from absl import logging
 import jax
 import numpy as np
+import tqdm
 
 from catflow import likelihood
 from catflow.data import pipeline
@@ -75,7 +76,9 @@ def compute_bound(loaded: loading.LoadedModel, windows: dict, options: likelihoo
   sharding = partitioning.batch_sharding(loaded.mesh)
 
   def batches():
-    for batch in pipeline.iterate_batches(windows, batch_size):
+    total = -(-len(windows["tokens"]) // batch_size)
+    for batch in tqdm.tqdm(pipeline.iterate_batches(windows, batch_size), total=total,
+                           desc="bound", unit="batch", leave=False, disable=total < 4):
       padded, _ = loading.pad_batch(batch, batch_size)
       yield {name: (jax.device_put(value, sharding) if name != "index" else value)
              for name, value in padded.items()}

@@ -42,6 +42,9 @@ class EvaluationOptions:
   stride: int = 0  # Perplexity window step; 0 means block_size (disjoint windows, a true bound).
   benchmarks: Sequence[str] = tuple(tasks.TASKS)
   benchmark_limit: int = 0  # Items per benchmark; 0 means all.
+  # Tokens per benchmark request (context truncated from the left); 0 means
+  # max(data.seq_len, 512), so that character-level models fit the longer continuations.
+  benchmark_max_length: int = 0
   benchmark_tau1: float = 0.95
   greedy_steps: int = 32  # LAMBADA greedy decoding steps.
   scorer_workdir: str = ""  # Workdir of a catflow autoregressive model for genppl.
@@ -88,9 +91,9 @@ def run(config, loaded: loading.LoadedModel, options: EvaluationOptions) -> dict
         for name in options.perplexity_sets}
 
   if "benchmarks" in options.suites:
+    max_length = options.benchmark_max_length or max(data_options.seq_len, 512)
     results["benchmarks"] = {
-        name: suites.benchmark(loaded, name, max_length=options.block_size or data_options.seq_len,
-                               tau1=options.benchmark_tau1,
+        name: suites.benchmark(loaded, name, max_length=max_length, tau1=options.benchmark_tau1,
                                num_time_samples=int(eval_config.num_time_samples),
                                seed=int(eval_config.seed), batch_size=int(eval_config.batch_size),
                                limit=options.benchmark_limit or None,

@@ -80,6 +80,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from absl import logging
 import numpy as np
+import tqdm
 
 from catflow.data import tokenizers
 
@@ -1307,7 +1308,9 @@ def evaluate_task(
       request_order,
   )
   scores: list[RequestScore | None] = [None] * len(requests)
-  for start in range(0, len(order), batch_size):
+  batches = range(0, len(order), batch_size)
+  for start in tqdm.tqdm(batches, desc=task_name, unit="batch", leave=False,
+                         disable=len(batches) < 2):
     positions = order[start : start + batch_size].tolist()
     batch = [requests[position] for position in positions]
     batch_scores = scorer.score(
