@@ -189,5 +189,5 @@ def test_sample_times_t_uniform_and_logit_normal():
 
 
 def test_sample_times_rejects_unknown_distribution():
-  with pytest.raises(ValueError, match="'tau_uniform', 't_uniform', 'logit_normal'"):
+  with pytest.raises(ValueError, match="'beta' is not one of 'tau_uniform', 'tau_power', 't_uniform', 'logit_normal'"):
     paths.sample_times(jax.random.key(0), 4, 85, "beta")

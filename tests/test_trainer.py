@@ -160,7 +160,7 @@ def test_base_run_logs_every_step(base_run):
   assert all(np.isfinite(entry["loss"]) for entry in metrics)
   # Warmup: the rate is 0 at the first update and reaches the peak at step 3.
   assert metrics[0]["learning_rate"] == 0.0
-  assert metrics[2]["learning_rate"] == pytest.approx(1e-3)
+  assert metrics[2]["learning_rate"] == pytest.approx(base_run.meta["config"]["optimizer"]["learning_rate"])
 
 
 @pytest.mark.slow
@@ -417,11 +417,13 @@ def test_cfm_model_config_is_base_with_two_times(base_run, cfm_run):
 
 
 @pytest.mark.slow
-def test_cfm_uses_distill_schedule(cfm_run):
+def test_cfm_uses_distill_schedule(config, cfm_run):
   meta = read_meta(cfm_run.workdir)
   assert meta["config"]["num_steps"] == 4
   assert meta["config"]["objective"]["name"] == "psd"
-  assert meta["config"]["optimizer"]["learning_rate"] == pytest.approx(3e-4)
+  assert meta["config"]["optimizer"]["learning_rate"] == pytest.approx(
+      config.distill.learning_rate)
+  assert config.distill.learning_rate != config.optimizer.learning_rate
   metrics = read_metrics(cfm_run.workdir)
   assert [entry["step"] for entry in metrics] == [1, 2, 3, 4]
   assert all(np.isfinite(entry["loss"]) for entry in metrics)
