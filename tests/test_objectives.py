@@ -288,27 +288,41 @@ def test_autoregressive_logits_never_see_later_tokens():
   from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
   model, params = _model(causal=True)
   batch = _batch(batch_size=2)
-  logits = autoregressive.next_token_logits(params, batch, model=model)
+  logits = autoregressive.token_logits(params, batch, model=model)
   changed = dict(batch, tokens=batch["tokens"].at[:, 5].set((batch["tokens"][:, 5] + 1) % VOCAB))
-  changed_logits = autoregressive.next_token_logits(params, changed, model=model)
-  np.testing.assert_array_equal(logits[:, :5], changed_logits[:, :5])
-  assert not np.allclose(logits[:, 5:], changed_logits[:, 5:])
+  changed_logits = autoregressive.token_logits(params, changed, model=model)
+  # Position i predicts token i from tokens before it: token 5 is first seen at 6.
+  np.testing.assert_array_equal(logits[:, :6], changed_logits[:, :6])
+  assert not np.allclose(logits[:, 6:], changed_logits[:, 6:])
 
 
-def test_autoregressive_loss_skips_document_boundaries():
+def test_autoregressive_inputs_start_every_document_with_bos():
+  from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
+  tokens = jnp.array([[4, 5, 6, 7, 8, 9, 3, 3]])
+  segments = jnp.array([[1, 1, 1, 2, 2, 2, 0, 0]])
+  bos = autoregressive.BOS
+  np.testing.assert_array_equal(autoregressive.shifted_inputs(tokens, segments),
+                                [[bos, 4, 5, bos, 7, 8, bos, 3]])
+
+
+def test_autoregressive_loss_scores_every_token_of_each_document():
   from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
   batch = _batch(batch_size=1)
   batch["segment_ids"] = jnp.array([[1, 1, 1, 2, 2, 2, 0, 0]])
-  np.testing.assert_array_equal(autoregressive.next_token_mask(batch),
-                                [[1, 1, 0, 1, 1, 0, 0]])
+  batch["positions"] = jnp.array([[0, 1, 2, 0, 1, 2, 0, 0]])
+  np.testing.assert_array_equal(autoregressive.token_mask(batch), [[1, 1, 1, 1, 1, 1, 0, 0]])
   model, params = _model(causal=True)
   loss, _ = autoregressive.loss_fn(params, batch, jax.random.key(0), model=model,
                                    options=common.ObjectiveOptions(name="autoregressive"))
-  logits = autoregressive.next_token_logits(params, batch, model=model)
-  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), batch["tokens"][:, 1:, None],
-                             -1)[..., 0]
-  expected = (nll[0, 0] + nll[0, 1] + nll[0, 3] + nll[0, 4]) / 4
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  logits = autoregressive.token_logits(params, batch, model=model)
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["tokens"][..., None], -1)[..., 0]
+  np.testing.assert_allclose(loss, jnp.mean(nll[0, :6]), rtol=1e-5)
+  # The second document is scored as if it stood alone: nothing of the first
+  # (not even its last token, the previous token in the row) reaches it.
+  alone = {key: value[:, 3:6] for key, value in batch.items()}
+  alone["segment_ids"] = jnp.ones_like(alone["segment_ids"])
+  np.testing.assert_allclose(autoregressive.token_logits(params, alone, model=model),
+                             logits[:, 3:6], rtol=1e-5, atol=1e-5)
 
 
 def test_autoregressive_needs_causal_model():

@@ -156,16 +156,53 @@ def test_catflow_scorer_matches_direct_computation():
   scorer = genppl.CatflowCausalScorer(loaded, max_length=16, stride=8)
   texts = ["hello there, general", "ab"]
   results = scorer.token_nll(texts)
-  # Direct: one window per text shorter than max_length, scoring tokens 1..n-1.
+  # Direct: one window per text shorter than max_length, every token scored
+  # (the first after the BOS input).
   from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
   ids = loaded.tokenizer.encode(texts[1])
   batch = {"tokens": ids[None], "segment_ids": np.ones_like(ids)[None],
            "positions": np.arange(len(ids))[None]}
-  logits = autoregressive.next_token_logits(loaded.params, batch, model=loaded.model)
-  expected = -float(jax.nn.log_softmax(logits[0, 0])[ids[1]])
+  logits = autoregressive.token_logits(loaded.params, batch, model=loaded.model)
+  log_probs = jax.nn.log_softmax(logits[0])
+  expected = -float(log_probs[0, ids[0]] + log_probs[1, ids[1]])
   np.testing.assert_allclose(results[1][0], expected, rtol=1e-5)
-  assert results[1][1:] == (1, 2)
-  assert results[0][1] == len(texts[0]) - 1
+  assert results[1][1:] == (2, 2)
+  assert results[0][1] == len(texts[0])
+
+
+def test_catflow_scorer_second_window_sees_the_previous_token():
+  from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
+  loaded = _loaded(causal=True)
+  text = "to be or not to be, that is"  # 27 tokens: windows [0, 16) and [8, 24), [16, 27).
+  ids = loaded.tokenizer.encode(text)
+  total, scored, count = genppl.CatflowCausalScorer(loaded, max_length=16,
+                                                    stride=8).token_nll([text])[0]
+  assert (scored, count) == (len(text), len(text))
+
+  def window_nll(start, first_scored):
+    tokens = ids[start:start + 16]
+    inputs = np.concatenate([[autoregressive.BOS], ids])[start:start + len(tokens)]
+    batch = {"tokens": tokens[None], "inputs": inputs[None],
+             "segment_ids": np.ones_like(tokens)[None],
+             "positions": np.arange(len(tokens))[None]}
+    logits = autoregressive.token_logits(loaded.params, batch, model=loaded.model)
+    nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits[0])), tokens[:, None], -1)
+    return float(nll[first_scored:].sum())
+
+  expected = window_nll(0, 0) + window_nll(8, 8) + window_nll(16, 8)
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
+  # Feeding BOS instead of the previous token at a window's start changes the
+  # result, so the check above does test the carried input.
+  assert abs(window_nll(8, 8) - _bos_window_nll(loaded, ids[8:24])) > 1e-4
+
+
+def _bos_window_nll(loaded, tokens):
+  from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
+  batch = {"tokens": tokens[None], "segment_ids": np.ones_like(tokens)[None],
+           "positions": np.arange(len(tokens))[None]}
+  logits = autoregressive.token_logits(loaded.params, batch, model=loaded.model)
+  nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits[0])), tokens[:, None], -1)
+  return float(nll[8:].sum())
 
 
 def test_generative_perplexity_independent_of_order():
@@ -175,7 +212,7 @@ def test_generative_perplexity_independent_of_order():
   first = genppl.generative_perplexity(texts, scorer)
   second = genppl.generative_perplexity(texts[::-1], scorer)
   np.testing.assert_allclose(first["gen_ppl"], second["gen_ppl"], rtol=1e-6)
-  assert first["scored_tokens"] == sum(len(text) - 1 for text in texts)
+  assert first["scored_tokens"] == sum(len(text) for text in texts)
   assert first["scorer_tokens"] == sum(len(text) for text in texts)
 
 

@@ -213,6 +213,26 @@ def test_checkpoint_missing_step(base_run):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("change", ["rename", "unwrap"])
+def test_checkpoint_of_another_layout_names_the_mismatch(base_run, change):
+  # A parameter tree renamed since the checkpoint was written (as a catflow
+  # upgrade that moves a kernel would do) gets an error that says what to do.
+  checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_dir(base_run.workdir),
+                                             read_only=True)
+  loaded = loading.load(base_run.workdir, all_devices_mesh(), seq_len=_SEQ_LEN)
+  abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype),
+                          loaded.params)
+  if change == "rename":
+    changed = dict(abstract, renamed_layer=abstract.pop(next(iter(abstract))))
+  else:  # A kernel that was a bare leaf before it moved into a submodule.
+    changed = dict(abstract, output=abstract["output"]["kernel"])
+  with pytest.raises(ValueError, match=r"checkpoint step 8 in .* does not match the model .*"
+                     r"restore it with the config and version recorded in its meta item"):
+    checkpointer.restore_ema(_NUM_STEPS, changed)
+  checkpointer.close()
+
+
+@pytest.mark.slow
 def test_loaded_ema_is_finite(base_run):
   loaded = loading.load(base_run.workdir, all_devices_mesh(), seq_len=_SEQ_LEN)
   assert loaded.kind == "base"

@@ -13,8 +13,9 @@ once, with up to max_length - 1 tokens of context.
 Scorers:
 - `CatflowCausalScorer`: a causal transformer trained with catflow
   (`objective.name="autoregressive"`, `model.causal=True`) on the same corpus.
-  Character and BPE vocabularies of catflow have no BOS token, so the first
-  token of every sample is not scored; the count of scored tokens says so.
+  Every token is scored, the first after the BOS input the objective trains
+  at each document start (catflow's vocabularies have no BOS token; see
+  `catflow.objectives.autoregressive`).
 - `HuggingFaceCausalScorer`: any causal LM saved in a local directory
   (`transformers`, needs the `hf` extra). Every token is scored after the
   model's BOS token (GPT-2 uses <|endoftext|>).
@@ -80,9 +81,9 @@ class CatflowCausalScorer:
 
   def __post_init__(self):
     if self.stride is not None and not 1 <= self.stride < self.max_length:
-      raise ValueError(f"stride={self.stride} must be in [1, max_length={self.max_length}): the "
-                       "first token of every window has no context and is left to the previous "
-                       "window")
+      raise ValueError(f"stride={self.stride} must be in [1, max_length={self.max_length}): "
+                       "overlapping windows give every token after the first window at least "
+                       "max_length - stride tokens of context")
     if not self.loaded.model_config.causal:
       raise ValueError(f"{self.loaded.workdir} is not a causal model; train the scorer with "
                        "--config.model.causal=True --config.objective.name=autoregressive")
@@ -95,30 +96,31 @@ class CatflowCausalScorer:
     results = []
     for text in texts:
       ids = self.encode(text)
-      if ids.size < 2:
-        results.append((0.0, 0, int(ids.size)))
+      if ids.size == 0:
+        results.append((0.0, 0, 0))
         continue
+      # Targets are the text's tokens; the input at each position is the token
+      # before it (BOS before the first), so a window that starts inside the
+      # text still sees its previous token.
       cut = perplexity_data.windows(ids, self.max_length, stride)
-      scored = cut.scored.copy()
-      # A window's first token has no context in the window; with stride <
-      # max_length it is scored by the previous window, except the very first
-      # token of the sample, which has no context at all (no BOS).
-      scored[:, 0] = False
+      inputs = perplexity_data.windows(
+          np.concatenate([[autoregressive.BOS], ids[:-1]]), self.max_length, stride)
       nll = _window_nll(self.loaded.model, self.loaded.params, jnp.asarray(cut.tokens),
-                        jnp.asarray(cut.valid.astype(np.int32)), jnp.asarray(scored))
-      results.append((float(nll), int(scored.sum()), int(ids.size)))
+                        jnp.asarray(inputs.tokens), jnp.asarray(cut.valid.astype(np.int32)),
+                        jnp.asarray(cut.scored))
+      results.append((float(nll), int(cut.scored.sum()), int(ids.size)))
     return results
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _window_nll(model, params, tokens, valid, scored):
-  """Sums -log p(token_j | tokens before j) over the scored positions j >= 1 of each window."""
-  batch = {"tokens": tokens, "segment_ids": valid,
+def _window_nll(model, params, tokens, inputs, valid, scored):
+  """Sums -log p(token_j | inputs up to j) over the scored positions of each window."""
+  batch = {"tokens": tokens, "inputs": inputs, "segment_ids": valid,
            "positions": jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)}
-  logits = autoregressive.next_token_logits(params, batch, model=model)
-  log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
-  return jnp.sum(nll * scored[:, 1:])
+  logits = autoregressive.token_logits(params, batch, model=model)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+  return jnp.sum(nll * scored)
 
 
 class HuggingFaceCausalScorer:

@@ -1,11 +1,16 @@
 """Next-token cross-entropy on the flow backbone with causal attention.
 
 This trains the autoregressive scorer used to measure the generative
-perplexity of samples offline. The backbone sees the clean one-hot tokens at
-t = 1 (tau = 1), attends causally, and the logits at position i predict the
-token at position i + 1 of the same document:
+perplexity of samples offline. The backbone sees clean one-hot inputs at
+t = 1 (tau = 1) and attends causally. The input at position i is the
+previous token of the same document, and at the first position of every
+document a BOS input (the zero vector, written as id `BOS`), so position i
+predicts token i from everything before it, the first token included:
 
-    loss = mean over real next-token pairs of -log softmax(f(e_y, 1, 1))_i[y_{i+1}].
+    loss = mean over real tokens y_i of -log softmax(f(shift(e_y), 1, 1))_i[y_i].
+
+Catflow's vocabularies have no BOS token; the zero input plays its part
+without taking a vocabulary slot.
 """
 
 from __future__ import annotations
@@ -15,19 +20,37 @@ import jax.numpy as jnp
 
 from catflow.objectives import common
 
+# The input id of the start of a document: `jax.nn.one_hot` maps it to zeros.
+BOS = -1
 
-def next_token_logits(params, batch, *, model) -> jax.Array:
-  """Returns logits (B, L, V_pad); position i scores the token at i + 1."""
+
+def shifted_inputs(tokens: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  """Returns the (B, L) input ids: the previous token of the document, BOS at its start."""
+  previous = jnp.pad(tokens[:, :-1], ((0, 0), (1, 0)), constant_values=BOS)
+  same_document = jnp.pad(segment_ids[:, 1:] == segment_ids[:, :-1], ((0, 0), (1, 0)),
+                          constant_values=False)
+  return jnp.where(same_document, previous, BOS)
+
+
+def token_logits(params, batch, *, model) -> jax.Array:
+  """Returns logits (B, L, V_pad); position i scores batch["tokens"][:, i].
+
+  The inputs are `batch["inputs"]` when given (a scorer's window that starts
+  inside a text passes the token before it), else `shifted_inputs` of the
+  tokens.
+  """
   cfg = model.config
-  x = jax.nn.one_hot(batch["tokens"], cfg.padded_vocab_size, dtype=jnp.float32)
-  tau = jnp.ones((batch["tokens"].shape[0],), jnp.float32)
+  inputs = batch.get("inputs")
+  if inputs is None:
+    inputs = shifted_inputs(batch["tokens"], batch["segment_ids"])
+  x = jax.nn.one_hot(inputs, cfg.padded_vocab_size, dtype=jnp.float32)
+  tau = jnp.ones((inputs.shape[0],), jnp.float32)
   return common.apply_model(model, params, {"x": x}, tau, tau, batch)
 
 
-def next_token_mask(batch) -> jax.Array:
-  """Returns the (B, L - 1) mask of positions whose next token is in the same document."""
-  segments = batch["segment_ids"]
-  return ((segments[:, :-1] == segments[:, 1:]) & (segments[:, :-1] > 0)).astype(jnp.float32)
+def token_mask(batch) -> jax.Array:
+  """Returns the (B, L) float mask of real (non-padding) tokens."""
+  return (batch["segment_ids"] > 0).astype(jnp.float32)
 
 
 def loss_fn(params, batch, key: jax.Array, *, model, options: common.ObjectiveOptions,
@@ -36,7 +59,7 @@ def loss_fn(params, batch, key: jax.Array, *, model, options: common.ObjectiveOp
   del key, options, teacher_params
   if not model.config.causal:
     raise ValueError("objective.name='autoregressive' needs model.causal=True")
-  logits = next_token_logits(params, batch, model=model)
-  cross_entropy = common.cross_entropy_with_tokens(logits[:, :-1], batch["tokens"][:, 1:])
-  loss = common.masked_mean(cross_entropy, next_token_mask(batch))
+  logits = token_logits(params, batch, model=model)
+  cross_entropy = common.cross_entropy_with_tokens(logits, batch["tokens"])
+  loss = common.masked_mean(cross_entropy, token_mask(batch))
   return loss, {"cross_entropy": loss}

@@ -70,7 +70,7 @@ class Checkpointer:
              "ema": ocp.args.StandardRestore(abstract_ema)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    restored = self._restore_items(step, items)
     logging.info("Restored checkpoint step %d (%s) from %s in %.1f s", step, ", ".join(items),
                  self.directory, time.time() - start)
     return restored["state"], restored["ema"]
@@ -79,8 +79,7 @@ class Checkpointer:
     """Restores only the EMA params (no optimizer state) at step, or at the latest step."""
     step = self._resolve_step(step)
     start = time.time()
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        ema=ocp.args.StandardRestore(abstract_ema)))
+    restored = self._restore_items(step, {"ema": ocp.args.StandardRestore(abstract_ema)})
     logging.info("Restored EMA params of step %d from %s in %.1f s", step, self.directory,
                  time.time() - start)
     return restored["ema"]
@@ -89,6 +88,19 @@ class Checkpointer:
     """Returns the JSON description saved at step, or at the latest step."""
     step = self._resolve_step(step)
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def _restore_items(self, step: int, items: dict) -> dict:
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**items))
+    except ValueError as error:
+      message = str(error).lower()
+      if "structure" not in message or "match" not in message:
+        raise
+      raise ValueError(
+          f"checkpoint step {step} in {self.directory} holds parameters whose tree does not match "
+          "the model built from the current config and catflow version. It was written by another "
+          "model config or an older catflow; restore it with the config and version recorded in "
+          f"its meta item, or use a new workdir. Orbax reports: {error}") from error
 
   def _resolve_step(self, step: int | None) -> int:
     if step is None:
