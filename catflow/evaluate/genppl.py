@@ -101,7 +101,7 @@ class CatflowCausalScorer:
         continue
       # Targets are the text's tokens; the input at each position is the token
       # before it (BOS before the first), so a window that starts inside the
-      # text still sees its previous token.
+      # text still receives its previous token.
       cut = perplexity_data.windows(ids, self.max_length, stride)
       inputs = perplexity_data.windows(
           np.concatenate([[autoregressive.BOS], ids[:-1]]), self.max_length, stride)

@@ -1,7 +1,7 @@
 """Next-token cross-entropy on the flow backbone with causal attention.
 
 This trains the autoregressive scorer used to measure the generative
-perplexity of samples offline. The backbone sees clean one-hot inputs at
+perplexity of samples offline. The backbone receives clean one-hot inputs at
 t = 1 (tau = 1) and attends causally. The input at position i is the
 previous token of the same document, and at the first position of every
 document a BOS input (the zero vector, written as id `BOS`), so position i
