@@ -97,8 +97,8 @@ class Checkpointer:
       if "structure" not in message or "match" not in message:
         raise
       raise ValueError(
-          f"checkpoint step {step} in {self.directory} contains a parameter tree that does not match "
-          "the model built from the current config and catflow version. It was written by another "
+          f"checkpoint step {step} in {self.directory} contains a parameter tree that does not "
+          "match the model built from the current config and catflow version. It was written by another "
           "model config or an older catflow; restore it with the config and version recorded in "
           f"its meta item, or use a new workdir. Orbax reports: {error}") from error
 
