@@ -98,9 +98,10 @@ class Checkpointer:
         raise
       raise ValueError(
           f"checkpoint step {step} in {self.directory} contains a parameter tree that does not "
-          "match the model built from the current config and catflow version. It was written by another "
-          "model config or an older catflow; restore it with the config and version recorded in "
-          f"its meta item, or use a new workdir. Orbax reports: {error}") from error
+          "match the model built from the current config and catflow version. It was written "
+          "by another model config or an older catflow, so restore it with the config and "
+          "version recorded in its meta item, or use a new workdir. Orbax reports: "
+          f"{error}") from error
 
   def _resolve_step(self, step: int | None) -> int:
     if step is None:
