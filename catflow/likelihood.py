@@ -169,6 +169,12 @@ class BoundResult:
 
   @property
   def best_index(self) -> int:
+    """Index of the t1 with the lowest estimated bound.
+
+    NOTE: the minimum is taken over estimates that share their samples, so it
+    is biased low by up to about one standard error. Each per-t1 entry of
+    `summary()["per_tau1"]` is unbiased; a fixed t1 chosen on other data is.
+    """
     return int(np.argmin(self.per_token()[0]))
 
   def summary(self) -> dict:
