@@ -171,9 +171,10 @@ class BoundResult:
   def best_index(self) -> int:
     """Index of the t1 with the lowest estimated bound.
 
-    NOTE: the minimum is taken over estimates that share their samples, so it
-    is biased low by up to about one standard error. Each per-t1 entry of
-    `summary()["per_tau1"]` is unbiased; a fixed t1 chosen on other data is.
+    NOTE: a minimum over noisy estimates is biased low. The grid's estimates
+    share their samples, so the bias is likely a fraction of one standard
+    error, but it is not measured. Each entry of `summary()["per_tau1"]` is
+    unbiased, and so is a t1 chosen on other data.
     """
     return int(np.argmin(self.per_token()[0]))
 
