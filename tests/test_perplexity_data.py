@@ -10,7 +10,7 @@ import pytest
 
 from catflow.data.tokenizers import GPT2BPETokenizer
 from catflow.evaluate import perplexity_data
-from catflow.evaluate import tasks
+from catflow.evaluate import task_files
 
 
 @functools.cache
@@ -163,13 +163,13 @@ def test_unknown_name_raises(tmp_path):
 
 
 def test_missing_registry_file_names_env(tmp_path, monkeypatch):
-  monkeypatch.setenv(tasks.DATA_DIR_ENV, str(tmp_path))
+  monkeypatch.setenv(task_files.DATA_DIR_ENV, str(tmp_path))
 
   with pytest.raises(FileNotFoundError) as error:
     perplexity_data.load_text_set("ptb_test")
 
   assert str(tmp_path / "ptb/ptb.test.txt") in str(error.value)
-  assert tasks.DATA_DIR_ENV in str(error.value)
+  assert task_files.DATA_DIR_ENV in str(error.value)
 
 
 def test_count_lines():

@@ -17,6 +17,7 @@ import pytest
 
 from catflow.data.tokenizers import CharTokenizer
 from catflow.data.tokenizers import GPT2BPETokenizer
+from catflow.evaluate import task_files
 from catflow.evaluate import tasks
 from catflow.evaluate.tasks import Item
 from catflow.evaluate.tasks import Request
@@ -89,12 +90,12 @@ _EXPECTED_COUNTS = {
 
 
 def test_registry_names():
-  assert set(tasks.TASKS) == set(_EXPECTED_COUNTS)
+  assert set(task_files.TASKS) == set(_EXPECTED_COUNTS)
 
 
 @pytest.mark.parametrize("name", sorted(_EXPECTED_COUNTS))
 def test_loader_counts_and_labels(shared_data, name):
-  spec = tasks.TASKS[name]
+  spec = task_files.TASKS[name]
 
   items = tasks.load_task(name, data_dir=shared_data)
 
@@ -114,7 +115,7 @@ def test_loader_counts_and_labels(shared_data, name):
 
 
 def test_loader_reads_env_variable(shared_data, monkeypatch):
-  monkeypatch.setenv(tasks.DATA_DIR_ENV, str(shared_data))
+  monkeypatch.setenv(task_files.DATA_DIR_ENV, str(shared_data))
 
   items = tasks.load_task("copa", limit=3)
 
@@ -235,7 +236,7 @@ def test_hellaswag_preprocess_removes_markup(shared_data):
   assert not any(re.search(r"\[.*?\]", text) for text in texts)
   assert not any("  " in text for text in texts)
   assert sum("[" in text for text in texts) == 5
-  assert tasks.hellaswag_preprocess(" a [title] b [step] c  d ") == "a. b c d"
+  assert task_files.hellaswag_preprocess(" a [title] b [step] c  d ") == "a. b c d"
 
 
 def test_arc_first_items(shared_data):
@@ -363,20 +364,20 @@ def _write(root: pathlib.Path, relative: str, text: str) -> pathlib.Path:
 
 
 def test_missing_file_names_path_and_env(tmp_path, monkeypatch):
-  monkeypatch.setenv(tasks.DATA_DIR_ENV, str(tmp_path))
+  monkeypatch.setenv(task_files.DATA_DIR_ENV, str(tmp_path))
 
   with pytest.raises(FileNotFoundError) as error:
     tasks.load_task("copa")
 
   message = str(error.value)
   assert str(tmp_path / "llmfoundry_icl/copa.jsonl") in message
-  assert tasks.DATA_DIR_ENV in message
+  assert task_files.DATA_DIR_ENV in message
 
 
 def test_unset_env_raises(monkeypatch):
-  monkeypatch.delenv(tasks.DATA_DIR_ENV, raising=False)
+  monkeypatch.delenv(task_files.DATA_DIR_ENV, raising=False)
 
-  with pytest.raises(FileNotFoundError, match=tasks.DATA_DIR_ENV):
+  with pytest.raises(FileNotFoundError, match=task_files.DATA_DIR_ENV):
     tasks.load_task("copa")
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from catflow.evaluate import tasks
+from catflow.evaluate import task_files
 
 # Name -> path relative to the data folder. All use the per-line <eos> count.
 TEXT_SETS: dict[str, str] = {
@@ -119,12 +119,12 @@ def load_text_set(
   key = os.fspath(name)
   if key in TEXT_SETS:
     relative = TEXT_SETS[key]
-    path = tasks.resolve_data_dir(data_dir) / relative
+    path = task_files.resolve_data_dir(data_dir) / relative
     if not path.is_file():
       source = (
           "data_dir"
           if data_dir is not None
-          else f"{tasks.DATA_DIR_ENV} (or data_dir=)"
+          else f"{task_files.DATA_DIR_ENV} (or data_dir=)"
       )
       raise FileNotFoundError(
           f"{key} file {path} not found; {source} must name the folder that"

@@ -26,6 +26,7 @@ from catflow.evaluate import genppl
 from catflow.evaluate import loading
 from catflow.evaluate import samples
 from catflow.evaluate import suites
+from catflow.evaluate import task_files
 from catflow.evaluate import tasks
 
 SUITES = ("bound", "perplexity", "benchmarks", "genppl")
@@ -40,7 +41,7 @@ class EvaluationOptions:
   perplexity_sets: Sequence[str] = PERPLEXITY_SETS
   block_size: int = 0  # Perplexity windows; 0 means data.seq_len.
   stride: int = 0  # Perplexity window step; 0 means block_size (disjoint windows, a true bound).
-  benchmarks: Sequence[str] = tuple(tasks.TASKS)
+  benchmarks: Sequence[str] = tuple(task_files.TASKS)
   benchmark_limit: int = 0  # Items per benchmark; 0 means all.
   # Tokens per benchmark request (context truncated from the left); 0 means
   # max(data.seq_len, 512), so that character-level models fit the longer continuations.
@@ -56,9 +57,9 @@ class EvaluationOptions:
     unknown = sorted(set(self.suites) - set(SUITES))
     if unknown:
       raise ValueError(f"unknown suites {unknown}; choose from {SUITES}")
-    unknown = sorted(set(self.benchmarks) - set(tasks.TASKS))
+    unknown = sorted(set(self.benchmarks) - set(task_files.TASKS))
     if unknown:
-      raise ValueError(f"unknown benchmarks {unknown}; choose from {sorted(tasks.TASKS)}")
+      raise ValueError(f"unknown benchmarks {unknown}; choose from {sorted(task_files.TASKS)}")
 
 
 def run(config, loaded: loading.LoadedModel, options: EvaluationOptions) -> dict:
@@ -66,7 +67,7 @@ def run(config, loaded: loading.LoadedModel, options: EvaluationOptions) -> dict
   start = time.time()
   data_options = pipeline.DataOptions.from_mapping(config.data.to_dict())
   eval_config = config.eval
-  data_dir = options.data_dir or os.environ.get(tasks.DATA_DIR_ENV) or None
+  data_dir = options.data_dir or os.environ.get(task_files.DATA_DIR_ENV) or None
   results = {
       "model": {"workdir": str(loaded.workdir), "kind": loaded.kind, "step": loaded.step,
                 "tokenizer": loaded.tokenizer.identity(),
