@@ -14,7 +14,7 @@ def _requirements():
 
 setuptools.setup(
     name="catflow",
-    version="0.1.0",
+    version="0.2.0",
     description=(
         "Flow-matching language models over one-hot tokens and their "
         "few-step Categorical Flow Maps, in JAX."

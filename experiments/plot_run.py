@@ -2,8 +2,9 @@ r"""Plots the learning curves of one catflow run from its metrics.jsonl.
 
   python experiments/plot_run.py --workdir=workdirs/long/base --output=curves.png
 
-Draws the training loss and, where the objective logs them, the cross-entropy
-of each tau quartile (`ce_tau0` is tau in [0, 0.25), ..., `ce_tau3` is
+Draws the training cross-entropy (the loss when the objective logs no
+cross-entropy) and, where the objective logs them, the cross-entropy of each tau
+quartile (`ce_tau0` is tau in [0, 0.25), ..., `ce_tau3` is
 [0.75, 1]) against the step. Needs matplotlib (`pip install -e ".[plots]"`).
 """
 
@@ -27,6 +28,9 @@ def read_metrics(workdir: pathlib.Path) -> list[dict]:
   if not path.is_file():
     raise app.UsageError(f"{path} not found; pass the workdir of a catflow train or distill run")
   entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  if not entries:
+    raise app.UsageError(f"{path} contains no logged steps; plot a run that has logged at least "
+                         "one step")
   return sorted(entries, key=lambda entry: entry["step"])
 
 
@@ -39,7 +43,10 @@ def main(argv):
   entries = read_metrics(pathlib.Path(flags.FLAGS.workdir))
   steps = [entry["step"] for entry in entries]
   figure, axis = plt.subplots(figsize=(7, 4))
-  axis.plot(steps, [entry["loss"] for entry in entries], label="loss", color="black")
+  # Under a weighted objective the loss is not a cross-entropy, so prefer the latter.
+  main_key = "cross_entropy" if "cross_entropy" in entries[0] else "loss"
+  axis.plot(steps, [entry[main_key] for entry in entries], label=main_key.replace("_", "-"),
+            color="black")
   for quartile in range(4):
     key = f"ce_tau{quartile}"
     if key in entries[0]:

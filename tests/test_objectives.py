@@ -325,6 +325,14 @@ def test_autoregressive_loss_scores_every_token_of_each_document():
                              logits[:, 3:6], rtol=1e-5, atol=1e-5)
 
 
+def test_autoregressive_rejects_output_skip():
+  from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
+  model, params = _model(causal=True, output_skip=True)
+  with pytest.raises(ValueError, match="set model.output_skip=False"):
+    autoregressive.loss_fn(params, _batch(), jax.random.key(0), model=model,
+                           options=common.ObjectiveOptions(name="autoregressive"))
+
+
 def test_autoregressive_needs_causal_model():
   from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
   model, params = _model()

@@ -1,5 +1,6 @@
 """Tests of benchmark scoring, perplexity suites and generative perplexity with flow models."""
 
+import dataclasses
 import json
 import math
 
@@ -8,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+import catflow
 from catflow.data import tokenizers
 from catflow.evaluate import genppl
 from catflow.evaluate import loading
@@ -33,7 +35,8 @@ def _loaded(causal=False, two_time=False, seed=0):
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
   params = jax.tree.unflatten(treedef, [leaf + 0.05 * jax.random.normal(key, leaf.shape)
                                         for leaf, key in zip(leaves, keys)])
-  return loading.LoadedModel(workdir=None, step=0, kind="cfm" if two_time else "base", meta={},
+  meta = {"catflow_version": catflow.__version__}
+  return loading.LoadedModel(workdir=None, step=0, kind="cfm" if two_time else "base", meta=meta,
                              model_config=config, model=model, params=params, tokenizer=tokenizer,
                              mesh=mesh_lib.build_mesh({"data": -1}))
 
@@ -170,20 +173,20 @@ def test_catflow_scorer_matches_direct_computation():
   assert results[0][1] == len(texts[0])
 
 
-def test_catflow_scorer_second_window_sees_the_previous_token():
+def test_catflow_scorer_windows_start_with_bos():
   from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
   loaded = _loaded(causal=True)
-  text = "to be or not to be, that is"  # 27 tokens: windows [0, 16) and [8, 24), [16, 27).
+  text = "to be or not to be, that is"  # 27 tokens: windows [0, 16), [8, 24), [16, 27).
   ids = loaded.tokenizer.encode(text)
   total, scored, count = genppl.CatflowCausalScorer(loaded, max_length=16,
                                                     stride=8).token_nll([text])[0]
-  assert (scored, count) == (len(text), len(text))
+  assert scored == len(text)
+  assert count == len(text)
 
   def window_nll(start, first_scored):
+    # A window on its own: BOS, then its tokens, as in a training piece.
     tokens = ids[start:start + 16]
-    inputs = np.concatenate([[autoregressive.BOS], ids])[start:start + len(tokens)]
-    batch = {"tokens": tokens[None], "inputs": inputs[None],
-             "segment_ids": np.ones_like(tokens)[None],
+    batch = {"tokens": tokens[None], "segment_ids": np.ones_like(tokens)[None],
              "positions": np.arange(len(tokens))[None]}
     logits = autoregressive.token_logits(loaded.params, batch, model=loaded.model)
     nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits[0])), tokens[:, None], -1)
@@ -191,18 +194,14 @@ def test_catflow_scorer_second_window_sees_the_previous_token():
 
   expected = window_nll(0, 0) + window_nll(8, 8) + window_nll(16, 8)
   np.testing.assert_allclose(total, expected, rtol=1e-5)
-  # Feeding BOS instead of the previous token at a window's start changes the
-  # result, so the check above does test the carried input.
-  assert abs(window_nll(8, 8) - _bos_window_nll(loaded, ids[8:24])) > 1e-4
 
 
-def _bos_window_nll(loaded, tokens):
-  from catflow.objectives import autoregressive  # pylint: disable=import-outside-toplevel
-  batch = {"tokens": tokens[None], "segment_ids": np.ones_like(tokens)[None],
-           "positions": np.arange(len(tokens))[None]}
-  logits = autoregressive.token_logits(loaded.params, batch, model=loaded.model)
-  nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits[0])), tokens[:, None], -1)
-  return float(nll[8:].sum())
+def test_catflow_scorer_rejects_pre_bos_checkpoint():
+  loaded = _loaded(causal=True)
+  old = dataclasses.replace(loaded, meta={"catflow_version": "0.1.0"})
+  with pytest.raises(ValueError, match="trained by catflow 0.1.0, whose autoregressive objective "
+                     "had no BOS input"):
+    genppl.CatflowCausalScorer(old, max_length=16)
 
 
 def test_generative_perplexity_independent_of_order():

@@ -227,7 +227,7 @@ def test_checkpoint_of_another_layout_names_the_mismatch(base_run, change):
     changed = dict(abstract, renamed_layer=abstract.pop(next(iter(abstract))))
   else:  # A kernel that was a bare leaf before it moved into a submodule.
     changed = dict(abstract, output=abstract["output"]["kernel"])
-  with pytest.raises(ValueError, match=r"checkpoint step 8 in .* does not match the model .*"
+  with pytest.raises(ValueError, match=r"checkpoint step 8 in .* train state .* does not match .*"
                      r"restore it with the config and version recorded in its meta item"):
     checkpointer.restore_ema(_NUM_STEPS, changed)
   checkpointer.close()

@@ -13,8 +13,8 @@ once, with up to max_length - 1 tokens of context.
 Scorers:
 - `CatflowCausalScorer`: a causal transformer trained with catflow
   (`objective.name="autoregressive"`, `model.causal=True`) on the same corpus.
-  Every token is scored, the first after the BOS input the objective trains
-  at each document start (catflow's vocabularies have no BOS token; see
+  Every token is scored, the first after the BOS input that starts every
+  training piece (catflow's vocabularies have no BOS token; see
   `catflow.objectives.autoregressive`).
 - `HuggingFaceCausalScorer`: any causal LM saved in a local directory
   (`transformers`, needs the `hf` extra). Every token is scored after the
@@ -70,6 +70,20 @@ def generative_perplexity(texts: Sequence[str], scorer: TextScorer,
   }
 
 
+# The first catflow version whose autoregressive objective starts pieces with BOS.
+_FIRST_BOS_VERSION = (0, 2)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+  """Returns the leading numeric fields of a version string ("0.2.0" -> (0, 2, 0))."""
+  fields = []
+  for field in version.split("."):
+    if not field.isdigit():
+      break
+    fields.append(int(field))
+  return tuple(fields)
+
+
 @dataclasses.dataclass
 class CatflowCausalScorer:
   """A catflow model trained with the autoregressive objective, used as a scorer."""
@@ -87,6 +101,11 @@ class CatflowCausalScorer:
     if not self.loaded.model_config.causal:
       raise ValueError(f"{self.loaded.workdir} is not a causal model; train the scorer with "
                        "--config.model.causal=True --config.objective.name=autoregressive")
+    version = str(self.loaded.meta.get("catflow_version", "0"))
+    if _version_tuple(version) < _FIRST_BOS_VERSION:
+      raise ValueError(f"{self.loaded.workdir} was trained by catflow {version}, whose "
+                       "autoregressive objective had no BOS input, so its scores would be wrong; "
+                       "retrain the scorer with this version of catflow")
 
   def encode(self, text: str) -> np.ndarray:
     return self.loaded.tokenizer.encode(text)
@@ -99,23 +118,19 @@ class CatflowCausalScorer:
       if ids.size == 0:
         results.append((0.0, 0, 0))
         continue
-      # Targets are the text's tokens; the input at each position is the token
-      # before it (BOS before the first), so a window that starts inside the
-      # text still receives its previous token.
+      # Every window starts with a BOS input, as every training piece does, so
+      # a window after the first scores only tokens that have context in it.
       cut = perplexity_data.windows(ids, self.max_length, stride)
-      inputs = perplexity_data.windows(
-          np.concatenate([[autoregressive.BOS], ids[:-1]]), self.max_length, stride)
       nll = _window_nll(self.loaded.model, self.loaded.params, jnp.asarray(cut.tokens),
-                        jnp.asarray(inputs.tokens), jnp.asarray(cut.valid.astype(np.int32)),
-                        jnp.asarray(cut.scored))
+                        jnp.asarray(cut.valid.astype(np.int32)), jnp.asarray(cut.scored))
       results.append((float(nll), int(cut.scored.sum()), int(ids.size)))
     return results
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _window_nll(model, params, tokens, inputs, valid, scored):
-  """Sums -log p(token_j | inputs up to j) over the scored positions of each window."""
-  batch = {"tokens": tokens, "inputs": inputs, "segment_ids": valid,
+def _window_nll(model, params, tokens, valid, scored):
+  """Sums -log p(token_j | BOS, tokens before j) over the scored positions of each window."""
+  batch = {"tokens": tokens, "segment_ids": valid,
            "positions": jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)}
   logits = autoregressive.token_logits(params, batch, model=model)
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

@@ -97,9 +97,10 @@ class Checkpointer:
       if "structure" not in message or "match" not in message:
         raise
       raise ValueError(
-          f"checkpoint step {step} in {self.directory} contains a parameter tree that does not "
-          "match the model built from the current config and catflow version. It was written "
-          "by another model config or an older catflow, so restore it with the config and "
+          f"checkpoint step {step} in {self.directory} contains a train state (parameters or "
+          "optimizer state) that does not match the one built from the current config and "
+          "catflow version. It was written by another model or optimizer config or an older "
+          "catflow, so restore it with the config and "
           "version recorded in its meta item, or use a new workdir. Orbax reports: "
           f"{error}") from error
 
