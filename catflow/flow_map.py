@@ -77,10 +77,11 @@ def oracle_flow_map_mean(x: jax.Array, s: jax.Array, t: jax.Array, log_prior: ja
   mu(x, s, t) = (y(r_t) - y(r_s)) / (r_t - r_s), the 1/(1-t)^2-weighted average of pi
   along the path. RK4 runs on a grid uniform in log r. For t = 1 the integral
   stops at 1 - t = 1e-6, where the posterior is one-hot to float32 precision.
+  Where s = t it returns the limit, the posterior pi_t(x).
 
   Args:
     x: state at time s, (..., V_pad).
-    s, t: times broadcastable to x.shape[:-1], s < t.
+    s, t: times broadcastable to x.shape[:-1], s <= t.
     log_prior: (V_pad,) log p.
     num_substeps: RK4 steps.
   """
@@ -109,7 +110,9 @@ def oracle_flow_map_mean(x: jax.Array, s: jax.Array, t: jax.Array, log_prior: ja
     return increment + step / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
 
   increment = jax.lax.fori_loop(0, num_substeps, rk4_step, jnp.zeros_like(y_s))
-  return increment / jnp.maximum(r_t - r_s, 1e-12)
+  mean = increment / jnp.maximum(r_t - r_s, 1e-12)
+  posterior = jax.nn.softmax(log_prior + (r_s - 1.0) * y_s, axis=-1)
+  return jnp.where(t > s, mean, posterior)
 
 
 # -----------------------------------------------------------------------------

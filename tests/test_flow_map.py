@@ -58,6 +58,18 @@ def test_flow_map_identity_at_equal_times():
   np.testing.assert_array_equal(flow_map.flow_map(x, s, s, mu), x)
 
 
+def test_oracle_flow_map_mean_on_diagonal_is_posterior(prior):
+  _, log_prior = prior
+  x = jax.random.normal(jax.random.key(4), (3, 4, PADDED))
+  t = jnp.array([0.0, 0.4, 0.9])
+  mean = flow_map.oracle_flow_map_mean(x, t, t, log_prior)
+  expected = paths.oracle_posterior(x, t[:, None], log_prior)
+  np.testing.assert_allclose(mean, expected, rtol=1e-5, atol=1e-7)
+  # Just off the diagonal, the integrated mean tends to the same limit.
+  near = flow_map.oracle_flow_map_mean(x, t, t + 1e-3, log_prior)
+  np.testing.assert_allclose(near, expected, atol=2e-2)
+
+
 def test_flow_map_to_one_is_the_endpoint():
   x = jax.random.normal(jax.random.key(2), (3, 4, PADDED))
   mu = _random_simplex(jax.random.key(3), (3, 4, PADDED))

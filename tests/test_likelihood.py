@@ -152,9 +152,11 @@ def test_cfm_decoder_uses_one_jump_endpoint(prior):
   np.testing.assert_allclose(base.per_window, cfm.per_window, rtol=1e-6)
 
   calls = []
+  times = []
 
   def recording(log_prior, x, tau_s, tau_t, segment_ids, positions):
     calls.append(tau_t)
+    jax.debug.callback(lambda s, t: times.append((np.asarray(s), np.asarray(t))), tau_s, tau_t)
     return oracle_logits(log_prior, x, tau_s, tau_t, segment_ids, positions)
 
   likelihood.estimate_bound(recording, log_prior, _batches(windows, 32), jax.random.key(0),
@@ -162,6 +164,15 @@ def test_cfm_decoder_uses_one_jump_endpoint(prior):
                             options=likelihood.BoundOptions(num_time_samples=1, decoder="cfm",
                                                             tau1_grid=(0.5,)))
   assert len(calls) == 2  # One traced call for the integral, one for the decoder.
+  # The integral evaluates the diagonal mu(x, t, t), and the decoder jumps from
+  # tau1 = 0.5 to tau = 1 in one step.
+  diagonal = [(s, t) for s, t in times if np.allclose(s, t)]
+  jumps = [(s, t) for s, t in times if not np.allclose(s, t)]
+  assert diagonal
+  assert jumps
+  for s, t in jumps:
+    np.testing.assert_allclose(s, 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(t, 1.0)
 
 
 def test_proposal_density_integrates_to_one():

@@ -1,5 +1,7 @@
 """Tests of the training objectives: the base cross-entropy and PSD self-distillation."""
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -111,6 +113,26 @@ def test_learned_weighting_starts_as_cross_entropy():
   assert float(jnp.abs(grads["loss_weight"]["output"]["bias"]).sum()) > 0
 
 
+@pytest.mark.parametrize("bias, expected_u", [(0.7, 0.7), (100.0, "clip"), (-100.0, "-clip")])
+def test_learned_weighting_value_and_clip(bias, expected_u):
+  config = ModelConfig(vocab_size=VOCAB, vocab_multiple=16, num_layers=1, embed_dim=16,
+                       num_heads=2, time_features=16, learned_loss_weight=True)
+  model = FlowTransformer(config)
+  params = nn.unbox(trainer.init_variables(model, jax.random.key(0), LENGTH))
+  # The output layer of u starts at zero, so its bias alone sets u for every tau.
+  params["loss_weight"]["output"]["bias"] = jnp.full_like(
+      params["loss_weight"]["output"]["bias"], bias)
+  if expected_u == "clip":
+    expected_u = config.loss_weight_clip
+  elif expected_u == "-clip":
+    expected_u = -config.loss_weight_clip
+  options = common.ObjectiveOptions(loss_weighting="learned")
+  loss, metrics = base.loss_fn(params, _batch(), jax.random.key(5), model=model, options=options)
+  np.testing.assert_allclose(metrics["loss_log_variance_mean"], expected_u, rtol=1e-6)
+  expected = math.exp(-expected_u) * float(metrics["cross_entropy"]) + expected_u
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
 def test_power_weighting_normalised_and_monotone():
   tau = jnp.array([0.0, 0.5, 0.9, 0.99])
   weights = common.power_weights(tau, 1.0, 50.0)
@@ -206,6 +228,50 @@ def test_psd_loss_is_zero_kl_for_oracle_student():
   assert float(metrics["diagonal_rows"]) == 2.0
 
 
+class RecordingOracle(OracleFlowMap):
+  """The oracle flow map, recording the (tau_s, tau_t) of every call."""
+
+  def __init__(self, log_prior):
+    super().__init__(log_prior)
+    self.calls = []
+
+  def apply(self, variables, x, tau_s, tau_t, segment_ids, positions, x_projected=None):
+    self.calls.append((np.asarray(tau_s), np.asarray(tau_t)))
+    return super().apply(variables, x, tau_s, tau_t, segment_ids, positions, x_projected)
+
+
+def _prior_oracle(seed, oracle_type=OracleFlowMap):
+  p = np.random.default_rng(seed).dirichlet(np.full(VOCAB, 0.7))
+  log_prior = np.full(16, -np.inf)
+  log_prior[:VOCAB] = np.log(p)
+  return oracle_type(jnp.asarray(log_prior, jnp.float32))
+
+
+def test_psd_teacher_steps_through_tau_midpoint():
+  oracle = _prior_oracle(14, RecordingOracle)
+  batch = _batch(batch_size=3, seed=15)
+  tau_s = jnp.array([0.0, 0.1, 0.3])
+  tau_t = jnp.array([1.0, 0.6, 0.5])
+  x0 = paths.sample_source(jax.random.key(16), (3, LENGTH, 16), VOCAB)
+  inputs = {"x": paths.interpolate(x0, batch["tokens"], paths.t_from_tau(tau_s, VOCAB))}
+  psd.teacher_target(None, batch, inputs, tau_s, tau_t, model=oracle, vocab_size=VOCAB)
+  (first_s, first_t), (second_s, second_t) = oracle.calls
+  np.testing.assert_allclose(first_s, tau_s)
+  np.testing.assert_allclose(first_t, [0.5, 0.35, 0.4], rtol=1e-6)
+  np.testing.assert_allclose(second_s, [0.5, 0.35, 0.4], rtol=1e-6)
+  np.testing.assert_allclose(second_t, tau_t)
+
+
+def test_psd_loss_averages_data_and_distill_rows():
+  oracle = _prior_oracle(17)
+  options = common.ObjectiveOptions(name="psd", diagonal_fraction=0.25, endpoint_fraction=0.125)
+  loss, metrics = psd.loss_fn({}, _batch(batch_size=8, seed=18), jax.random.key(19),
+                              model=oracle, options=options)
+  # 2 diagonal rows score the data and 6 rows the teacher's target, all tokens real.
+  expected = (2 * metrics["diagonal_cross_entropy"] + 6 * metrics["distill_cross_entropy"]) / 8
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
 def test_psd_loss_trains_student_towards_teacher():
   model, params = _model(two_time=True)
   options = common.ObjectiveOptions(name="psd")
@@ -282,6 +348,30 @@ def test_lsd_residual_vanishes_for_oracle_flow_map():
   x_t_dot = (mu - x_s + (t - s)[:, None, None] * mu_dot) / (1 - s)[:, None, None]
   residual = (1 - t)[:, None, None] * x_t_dot - (paths.oracle_posterior(x_t, t, oracle.log_prior) - x_t)
   assert float(jnp.max(jnp.abs(residual))) < 2e-3
+
+
+def test_lsd_loss_vanishes_for_oracle_student():
+  from catflow.objectives import lsd  # pylint: disable=import-outside-toplevel
+  oracle = _prior_oracle(20)
+  options = common.ObjectiveOptions(name="lsd", diagonal_fraction=0.25, endpoint_fraction=0.0)
+  loss, metrics = lsd.loss_fn({}, _batch(batch_size=8, seed=21), jax.random.key(22),
+                              model=oracle, options=options)
+  assert float(metrics["lagrangian_residual"]) < 1e-4
+  expected = (2 * metrics["diagonal_cross_entropy"] + 6 * metrics["lagrangian_residual"]) / 8
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_ecld_loss_weights_its_two_terms():
+  from catflow.objectives import ecld  # pylint: disable=import-outside-toplevel
+  oracle = _prior_oracle(23)
+  options = common.ObjectiveOptions(name="ecld", diagonal_fraction=0.25, endpoint_fraction=0.0,
+                                    ecld_cross_entropy_weight=0.7, ecld_derivative_weight=2.5)
+  loss, metrics = ecld.loss_fn({}, _batch(batch_size=8, seed=24), jax.random.key(25),
+                               model=oracle, options=options)
+  off_loss = 0.7 * metrics["endpoint_cross_entropy"] + 2.5 * metrics["derivative_penalty"]
+  expected = (2 * metrics["diagonal_cross_entropy"] + 6 * off_loss) / 8
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  assert float(metrics["derivative_penalty"]) > 0
 
 
 def test_autoregressive_logits_never_see_later_tokens():

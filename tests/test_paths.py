@@ -171,6 +171,9 @@ def test_sample_times_tau_uniform():
   np.testing.assert_allclose(paths.tau_from_t(t, 85), tau, atol=1e-4)
   assert float(tau.max()) <= 0.9999
   assert float(tau.min()) >= 0.0
+  # Stratified and uniform in tau: one draw in each 1/256 bin of tau.
+  bins = np.floor(np.sort(np.asarray(tau)) * 256).astype(int)
+  np.testing.assert_array_equal(bins, np.arange(256))
 
 
 def test_sample_times_t_uniform_and_logit_normal():

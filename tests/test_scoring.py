@@ -145,6 +145,21 @@ def test_perplexity_scores_every_token_once(tmp_path):
   np.testing.assert_allclose(result["bits_per_character"], result["bits_per_token"], rtol=1e-6)
 
 
+def test_perplexity_bits_per_byte_counts_utf8_bytes(tmp_path):
+  loaded = _loaded()
+  text = "caf\u00e9 na\u00efve \u00fcber\n" * 4  # 3 two-byte characters per line.
+  path = tmp_path / "text.txt"
+  path.write_text(text, encoding="utf-8")
+  options = likelihood.BoundOptions(tau1_grid=(0.9,), num_time_samples=2)
+  result = suites.perplexity(loaded, str(path), block_size=32, stride=32, options=options, seed=0,
+                             batch_size=8)
+  num_bytes = len(text.encode("utf-8"))
+  assert num_bytes == len(text) + 12
+  total_bits = result["nats_per_token"] * result["num_scored_tokens"] / math.log(2)
+  np.testing.assert_allclose(result["bits_per_byte"], total_bits / num_bytes, rtol=1e-6)
+  np.testing.assert_allclose(result["bits_per_character"], total_bits / len(text), rtol=1e-6)
+
+
 def test_perplexity_rejects_empty_set(tmp_path):
   loaded = _loaded()
   path = tmp_path / "empty.txt"
@@ -213,6 +228,19 @@ def test_generative_perplexity_independent_of_order():
   np.testing.assert_allclose(first["gen_ppl"], second["gen_ppl"], rtol=1e-6)
   assert first["scored_tokens"] == sum(len(text) for text in texts)
   assert first["scorer_tokens"] == sum(len(text) for text in texts)
+
+
+def test_generative_perplexity_pools_tokens():
+  # exp(total NLL / total tokens), not the mean of per-sample perplexities.
+  loaded = _loaded(causal=True)
+  scorer = genppl.CatflowCausalScorer(loaded, max_length=16, stride=8)
+  texts = ["a long sample that needs two windows or more", "short", "qqqq zzz"]
+  per_text = scorer.token_nll(texts)
+  pooled = math.exp(sum(nll for nll, _, _ in per_text) / sum(count for _, count, _ in per_text))
+  mean_of_samples = np.mean([math.exp(nll / count) for nll, count, _ in per_text])
+  result = genppl.generative_perplexity(texts, scorer)
+  np.testing.assert_allclose(result["gen_ppl"], pooled, rtol=1e-6)
+  assert abs(pooled - mean_of_samples) > 1e-3 * pooled
 
 
 def test_scorer_must_be_causal():
