@@ -6,6 +6,7 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,6 +18,7 @@ from catflow.evaluate import scoring
 from catflow.evaluate import suites
 from catflow.evaluate import tasks
 from catflow import likelihood
+from catflow import paths
 from catflow.models.config import ModelConfig
 from catflow.models.transformer import FlowTransformer
 from catflow.parallel import mesh as mesh_lib
@@ -44,6 +46,48 @@ def _loaded(causal=False, two_time=False, seed=0):
 def _requests(tokenizer, pairs, max_length=48):
   return [tasks.build_request(tokenizer, context, continuation, max_length)
           for context, continuation in pairs]
+
+
+class _IidOracle:
+  """Stands in for the network: the exact posterior of i.i.d. tokens with prior p."""
+
+  def __init__(self, config: ModelConfig, log_prior: np.ndarray):
+    self.config = config
+    self.log_prior = jnp.asarray(log_prior, jnp.float32)
+
+  def apply(self, variables, x, tau_s, tau_t, segment_ids, positions):
+    del variables, tau_t, segment_ids, positions
+    t = paths.t_from_tau(tau_s, self.config.vocab_size)[:, None]
+    return paths.oracle_logits(x, t, self.log_prior)
+
+
+def test_benchmark_score_is_bound_on_continuation():
+  # For i.i.d. tokens the context carries no information, so the bound on the
+  # continuation is -log p(continuation) in expectation. Scoring the context
+  # too would shift every score by -log p(context).
+  tokenizer = tokenizers.CharTokenizer(ALPHABET)
+  config = ModelConfig(vocab_size=tokenizer.vocab_size, vocab_multiple=16)
+  rng = np.random.default_rng(30)
+  prior = rng.dirichlet(np.full(config.vocab_size, 2.0))
+  log_prior = np.full(config.padded_vocab_size, -np.inf)
+  log_prior[:config.vocab_size] = np.log(prior)
+  loaded = loading.LoadedModel(workdir=None, step=0, kind="base", meta={}, model_config=config,
+                               model=_IidOracle(config, log_prior), params={},
+                               tokenizer=tokenizer, mesh=mesh_lib.build_mesh({"data": -1}))
+  requests = []
+  for _ in range(64):
+    ids = rng.choice(config.vocab_size, size=12, p=prior)
+    requests.append(tasks.Request(context_ids=ids[:8].astype(np.int32),
+                                  continuation_ids=ids[8:].astype(np.int32), truncated=0))
+  scorer = scoring.FlowRequestScorer(loaded, max_length=16, tau1=0.95, num_time_samples=16)
+  scores = scorer.score(requests, list(range(len(requests))))
+  difference = np.array([score.log_likelihood - log_prior[request.continuation_ids].sum()
+                         for score, request in zip(scores, requests)])
+  # The oracle's bound is tight, so the mean difference is 0 within 3 standard
+  # errors, far from the -log p(context) (over 20 nats) that a wrong mask adds.
+  standard_error = difference.std(ddof=1) / math.sqrt(difference.size)
+  assert abs(difference.mean()) < 3 * standard_error + 0.02
+  assert standard_error < 0.5
 
 
 def test_windows_score_only_the_continuation():
