@@ -198,6 +198,20 @@ def test_psd_pair_times():
   assert np.all((tau_s >= 0) & (tau_t <= 1))
 
 
+def test_psd_pair_gap_and_start_distribution():
+  # Off-diagonal rows: gap d stratified on U(0, 1), start s ~ U(0, 1 - d) given d.
+  options = common.ObjectiveOptions(diagonal_fraction=0.0, endpoint_fraction=0.0)
+  tau_s, tau_t, _ = map(np.asarray, pairs.sample_pair_times(jax.random.key(26), 2048, VOCAB,
+                                                            options))
+  gap = tau_t - tau_s
+  bins = np.floor(np.sort(gap) * 2048).astype(int)
+  np.testing.assert_array_equal(bins, np.arange(2048))
+  # s / (1 - d) is uniform on (0, 1): its quartiles sit at 0.25, 0.5 and 0.75.
+  relative_start = tau_s / (1.0 - gap)
+  np.testing.assert_allclose(np.quantile(relative_start, [0.25, 0.5, 0.75]), [0.25, 0.5, 0.75],
+                             atol=0.04)
+
+
 def test_psd_target_equals_exact_flow_map_for_oracle():
   # With the exact flow of the oracle as teacher, the semigroup target is mu(x, s, t) itself.
   p = np.random.default_rng(7).dirichlet(np.full(VOCAB, 0.7))
