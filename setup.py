@@ -29,7 +29,7 @@ setuptools.setup(
         "plots": ["matplotlib>=3.8,<4"],
         # The Hugging Face scorer of generative perplexity (a local causal LM).
         "hf": ["torch>=2.4", "transformers>=4.56"],
-        # seqio pulls TensorFlow (about 3 GB); only the seqio adapter needs it.
+        # seqio pulls TensorFlow (about 3 GB); only `seqio:TASK` corpora need it.
         "seqio": ["seqio>=0.0.19"],
     },
     entry_points={"console_scripts": ["catflow=catflow.cli:main"]},

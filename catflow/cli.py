@@ -159,14 +159,12 @@ def _main_for(command: str):
 
 
 def _prepare(config):
-  from catflow.data import corpora  # pylint: disable=import-outside-toplevel
   from catflow.data import pipeline  # pylint: disable=import-outside-toplevel
   from catflow.data import prepare  # pylint: disable=import-outside-toplevel
   if not flags.FLAGS.output:
     raise app.UsageError("catflow prepare needs --output=DIR")
   options = pipeline.DataOptions.from_mapping(config.data.to_dict())
-  documents = corpora.load_corpus(options.corpus, cache_dir=str(options.resolved_cache_dir()),
-                                  text_field=options.text_field)
+  documents = options.load_documents()
   tokenizer = pipeline.build_tokenizer(options, documents)
   manifest = prepare.prepare(documents, tokenizer, flags.FLAGS.output, options=options,
                              corpus_name=options.corpus, rows_per_shard=flags.FLAGS.rows_per_shard,

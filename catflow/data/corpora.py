@@ -9,7 +9,12 @@
   not recursive);
 * a `.jsonl` or `.jsonl.gz` file (one document per non-blank line, text in
   the `text_field` field);
-* a `.parquet` file (one document per row, text in the `text_field` column).
+* a `.parquet` file (one document per row, text in the `text_field` column);
+* `seqio:TASK` or `seqio:TASK:SPLIT`, the texts of a registered seqio task
+  (see `catflow.data.seqio_source`; needs the `seqio` extra).
+
+`import_modules` are imported first, so a module that registers seqio tasks
+or adds entries to `REGISTRY` can be named from a config.
 
 Text files must be UTF-8. Their line endings are normalised to "\\n"; the
 text inside JSON Lines and Parquet records is returned unchanged.
@@ -25,6 +30,7 @@ from collections.abc import Callable, Sequence
 import dataclasses
 import gzip
 import hashlib
+import importlib
 import json
 import os
 import pathlib
@@ -701,6 +707,7 @@ def load_corpus(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     text_field: str = "text",
+    import_modules: Sequence[str] = (),
 ) -> list[Document]:
   """Loads a registered corpus by name, or the documents in a file or directory.
 
@@ -710,7 +717,9 @@ def load_corpus(
       of the same name.
     cache_dir: Where downloaded corpora are stored. Defaults to
       `default_cache_dir()`.
-    text_field: JSON field or Parquet column that contains the text.
+    text_field: JSON field, Parquet column or seqio feature that contains the
+      text.
+    import_modules: Modules to import before the name is looked up.
 
   Returns:
     The documents, in a fixed order.
@@ -723,7 +732,16 @@ def load_corpus(
       download method failed.
   """
   key = os.fspath(name_or_path)
-  if key in REGISTRY:
+  for module in import_modules:
+    try:
+      importlib.import_module(module)
+    except ImportError as error:
+      raise ImportError(f"data.import_modules names {module!r}, which cannot be imported: "
+                        f"{error}. Fix the module name or install its package") from error
+  if key.startswith("seqio:"):
+    from catflow.data import seqio_source  # pylint: disable=import-outside-toplevel
+    documents = seqio_source.load_documents(key, text_field)
+  elif key in REGISTRY:
     cache_path = (
         pathlib.Path(cache_dir).expanduser()
         if cache_dir

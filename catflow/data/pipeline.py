@@ -42,8 +42,9 @@ FEATURES = ("tokens", "segment_ids", "positions")
 class DataOptions:
   """Options of the input pipeline (the `data` block of a config)."""
 
-  corpus: str = "shakespeare"  # A registered corpus name or a path to .txt/.jsonl/.parquet.
-  text_field: str = "text"  # Field (jsonl) or column (parquet) that holds the text.
+  corpus: str = "shakespeare"  # A registered name, a .txt/.jsonl/.parquet path or seqio:TASK.
+  text_field: str = "text"  # Field (jsonl), column (parquet) or seqio feature of the text.
+  import_modules: str = ""  # Comma-separated modules imported first (e.g. seqio task registries).
   tokenizer: str = "char"  # char | gpt2_bpe.
   tokenizer_path: str = ""  # gpt2_bpe: directory with encoder.json and vocab.bpe.
   seq_len: int = 128  # Tokens per packed row.
@@ -77,6 +78,12 @@ class DataOptions:
     if unknown:
       raise ValueError(f"unknown data options {unknown}; known options are {sorted(known)}")
     return cls(**dict(values))
+
+  def load_documents(self) -> list[corpora.Document]:
+    """Loads the configured corpus, after importing `import_modules`."""
+    modules = [name.strip() for name in self.import_modules.split(",") if name.strip()]
+    return corpora.load_corpus(self.corpus, cache_dir=str(self.resolved_cache_dir()),
+                               text_field=self.text_field, import_modules=modules)
 
   def resolved_cache_dir(self) -> pathlib.Path:
     return pathlib.Path(self.cache_dir) if self.cache_dir else pathlib.Path(corpora.default_cache_dir())
@@ -145,8 +152,7 @@ def load_tokenized(options: DataOptions, tokenizer=None) -> TokenizedCorpus:
     tokenizer: a tokenizer to use instead of building one (for example the one
       recorded in a checkpoint); None builds it from the options.
   """
-  documents = corpora.load_corpus(options.corpus, cache_dir=str(options.resolved_cache_dir()),
-                                  text_field=options.text_field)
+  documents = options.load_documents()
   if tokenizer is None:
     tokenizer = build_tokenizer(options, documents)
   splits = [split_text(document, options) for document in documents]

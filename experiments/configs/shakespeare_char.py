@@ -30,8 +30,9 @@ def get_config(arg: str = ""):
 
   # Input pipeline (catflow.data.pipeline.DataOptions).
   config.data = ml_collections.ConfigDict()
-  config.data.corpus = "shakespeare"  # Registered corpus name or a .txt/.jsonl/.parquet path.
-  config.data.text_field = "text"  # jsonl field / parquet column with the text.
+  config.data.corpus = "shakespeare"  # Registered name, .txt/.jsonl/.parquet path or seqio:TASK.
+  config.data.text_field = "text"  # jsonl field / parquet column / seqio feature with the text.
+  config.data.import_modules = ""  # Comma-separated modules to import first (seqio tasks).
   config.data.tokenizer = "char"  # char | gpt2_bpe.
   config.data.tokenizer_path = ""  # gpt2_bpe: directory with encoder.json and vocab.bpe.
   config.data.seq_len = 128  # Tokens per packed row.
