@@ -125,7 +125,7 @@ def test_data_options_cache_dir(tmp_path, monkeypatch):
 
 def test_build_tokenizer_invalid_kind(tmp_path):
   options = _options(tmp_path / "unused.txt", tmp_path, tokenizer="words")
-  with pytest.raises(ValueError, match=r"data.tokenizer='words' is not 'char' or 'gpt2_bpe'"):
+  with pytest.raises(ValueError, match=r"data.tokenizer='words' is not 'char', 'byte' or 'gpt2_bpe'"):
     pipeline.build_tokenizer(options, [])
 
 
@@ -498,3 +498,13 @@ def test_documents_split_ignores_shuffle_seed(tmp_path):
   decode = first.tokenizer.decode
   assert ([decode(part) for part in reseeded.validation]
           == [decode(part) for part in first.validation])
+
+
+def test_byte_tokenizer_pipeline(tmp_path):
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("na\u00efve caf\u00e9 " * 200, encoding="utf-8")
+  options = _options(corpus, tmp_path / "cache", tokenizer="byte")
+  tokenized = pipeline.load_tokenized(options)
+  assert tokenized.tokenizer.name == "byte"
+  ids = np.concatenate(tokenized.train + tokenized.validation)
+  assert ids.size == len(corpus.read_bytes())

@@ -47,6 +47,36 @@ def gpt2(gpt2_dir: pathlib.Path) -> GPT2BPETokenizer:
 # ---------------------------------------------------------------------------
 
 
+def test_byte_ids_are_utf8_bytes():
+  tokenizer = tokenizers.ByteTokenizer()
+  text = "caf\u00e9 \U0001f600\n"
+  ids = tokenizer.encode(text)
+  assert ids.dtype == np.int32
+  assert ids.tolist() == list(text.encode("utf-8"))
+  assert tokenizer.decode(ids) == text
+  assert tokenizer.vocab_size == 256
+
+
+def test_byte_decode_replaces_cut_characters():
+  tokenizer = tokenizers.ByteTokenizer()
+  ids = tokenizer.encode("\u00e9t\u00e9")
+  # The window starts inside the first two-byte character.
+  assert tokenizer.decode(ids[1:]) == "\ufffdt\u00e9"
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    tokenizer.decode([256])
+
+
+def test_byte_spec_round_trip_and_identity():
+  tokenizer = tokenizers.build_tokenizer("byte")
+  rebuilt = tokenizers.tokenizer_from_spec(json.loads(json.dumps(tokenizer.spec())))
+  assert rebuilt.identity() == tokenizer.identity()
+  char = CharTokenizer("".join(chr(code) for code in range(255)))
+  with pytest.raises(ValueError, match="name: expected 'byte', found 'char'"):
+    tokenizers.check_same_tokenizer(tokenizer.identity(), char.identity(), what="checkpoint")
+  with pytest.raises(ValueError, match="kind='byte' has a fixed vocabulary"):
+    tokenizers.build_tokenizer("byte", chars="ab")
+
+
 def test_char_from_text_sorted_alphabet():
   tokenizer = CharTokenizer.from_text("hello")
 
@@ -233,7 +263,7 @@ def test_char_identity_depends_on_order():
 def test_spec_unknown_name_rejected():
   with pytest.raises(
       ValueError,
-      match=r"name 'sentencepiece'; known names are \['char', 'gpt2_bpe'\]",
+      match=r"name 'sentencepiece'; known names are \['char', 'byte', 'gpt2_bpe'\]",
   ):
     tokenizers.tokenizer_from_spec({"name": "sentencepiece"})
 
@@ -640,7 +670,7 @@ def test_build_unknown_kind_rejected():
       ValueError,
       match=(
           r"unknown tokenizer kind 'wordpiece'; known kinds are \['char',"
-          r" 'gpt2_bpe'\]"
+          r" 'byte', 'gpt2_bpe'\]"
       ),
   ):
     tokenizers.build_tokenizer("wordpiece", text="abc")

@@ -45,7 +45,7 @@ class DataOptions:
   corpus: str = "shakespeare"  # A registered name, a .txt/.jsonl/.parquet path or seqio:TASK.
   text_field: str = "text"  # Field (jsonl), column (parquet) or seqio feature of the text.
   import_modules: str = ""  # Comma-separated modules imported first (e.g. seqio task registries).
-  tokenizer: str = "char"  # char | gpt2_bpe.
+  tokenizer: str = "char"  # char | byte | gpt2_bpe.
   tokenizer_path: str = ""  # gpt2_bpe: directory with encoder.json and vocab.bpe.
   seq_len: int = 128  # Tokens per packed row.
   validation_fraction: float = 0.05  # Share of the corpus held out for validation.
@@ -136,12 +136,14 @@ def build_tokenizer(options: DataOptions, documents: Sequence[corpora.Document])
   """Builds the configured tokenizer; the char vocabulary comes from the whole corpus."""
   if options.tokenizer == "char":
     return tokenizers.CharTokenizer.from_text("".join(document.text for document in documents))
+  if options.tokenizer == "byte":
+    return tokenizers.ByteTokenizer()
   if options.tokenizer == "gpt2_bpe":
     if not options.tokenizer_path:
       raise ValueError("data.tokenizer='gpt2_bpe' needs data.tokenizer_path, a directory with "
                        "encoder.json and vocab.bpe")
     return tokenizers.build_tokenizer("gpt2_bpe", path=options.tokenizer_path)
-  raise ValueError(f"data.tokenizer={options.tokenizer!r} is not 'char' or 'gpt2_bpe'")
+  raise ValueError(f"data.tokenizer={options.tokenizer!r} is not 'char', 'byte' or 'gpt2_bpe'")
 
 
 def load_tokenized(options: DataOptions, tokenizer=None) -> TokenizedCorpus:

@@ -1,9 +1,11 @@
 """Tokenizers that map text to int32 token ids and back.
 
-Two kinds are provided:
+Three kinds are provided:
 
 * `CharTokenizer` ("char"): one id per character of a fixed alphabet, plus a
   final `<unk>` id for every character outside it.
+* `ByteTokenizer` ("byte"): one id per byte of the UTF-8 encoding (256 ids),
+  so every text is covered and bits per token are bits per byte.
 * `GPT2BPETokenizer` ("gpt2_bpe"): GPT-2's byte-level BPE, read from OpenAI's
   `encoder.json` + `vocab.bpe` (or the same files under their Hugging Face
   names `vocab.json` + `merges.txt`).
@@ -47,7 +49,7 @@ _GPT2_SPLIT_PATTERN = (
 # OpenAI's release names, then the Hugging Face names of the same files.
 GPT2_FILE_NAMES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 
-KNOWN_TOKENIZER_KINDS = ("char", "gpt2_bpe")
+KNOWN_TOKENIZER_KINDS = ("char", "byte", "gpt2_bpe")
 
 _UNICODE_REPLACEMENT_CHARACTER = 0xFFFD
 _DEFAULT_BPE_CACHE_SIZE = 1 << 16
@@ -250,6 +252,39 @@ class CharTokenizer(Tokenizer):
 
   def _vocabulary_json(self) -> Any:
     return {"tokens": list(self._chars) + ["<unk>"]}
+
+
+class ByteTokenizer(Tokenizer):
+  """Byte-level tokenizer: id i is the byte value i of the text's UTF-8 encoding.
+
+  Decoding replaces byte sequences that are not valid UTF-8 (such as a
+  character cut at a window edge) with U+FFFD.
+  """
+
+  name = "byte"
+  vocab_size = 256
+
+  def __init__(self):
+    self.special_ids = {}
+
+  def encode(self, text: str) -> np.ndarray:
+    if not isinstance(text, str):
+      raise TypeError(
+          f"encode expects a str, got {type(text).__name__}; decode bytes to "
+          "str before encoding"
+      )
+    data = text.encode("utf-8", "surrogatepass")
+    return np.frombuffer(data, dtype=np.uint8).astype(np.int32)
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    array = _as_id_array(ids, self.vocab_size)
+    return array.astype(np.uint8).tobytes().decode("utf-8", "replace")
+
+  def spec(self) -> dict[str, Any]:
+    return {"name": self.name, "vocab_hash": self.vocab_hash}
+
+  def _vocabulary_json(self) -> Any:
+    return {"bytes": self.vocab_size, "encoding": "utf-8"}
 
 
 @functools.cache
@@ -686,6 +721,8 @@ def tokenizer_from_spec(
           "CharTokenizer.spec()"
       )
     tokenizer = CharTokenizer(spec["chars"])
+  elif name == "byte":
+    tokenizer = ByteTokenizer()
   elif name == "gpt2_bpe":
     tokenizer = _gpt2_from_spec(spec, search_dirs)
   else:
@@ -753,7 +790,7 @@ def build_tokenizer(
   """Builds a tokenizer by kind name.
 
   Args:
-    kind: "char" or "gpt2_bpe".
+    kind: "char", "byte" or "gpt2_bpe".
     text: For "char", the text whose sorted character set is the alphabet.
     chars: For "char", an explicit ordered alphabet (instead of `text`).
     path: For "gpt2_bpe", the directory with encoder.json + vocab.bpe (or
@@ -779,6 +816,14 @@ def build_tokenizer(
     if chars is not None:
       return CharTokenizer(chars)
     return CharTokenizer.from_text(text)
+
+  if kind == "byte":
+    if path is not None or chars is not None:
+      raise ValueError(
+          "kind='byte' has a fixed vocabulary of 256 byte values; pass neither "
+          "path= nor chars="
+      )
+    return ByteTokenizer()
 
   if kind == "gpt2_bpe":
     if text is not None or chars is not None:

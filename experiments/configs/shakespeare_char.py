@@ -33,7 +33,7 @@ def get_config(arg: str = ""):
   config.data.corpus = "shakespeare"  # Registered name, .txt/.jsonl/.parquet path or seqio:TASK.
   config.data.text_field = "text"  # jsonl field / parquet column / seqio feature with the text.
   config.data.import_modules = ""  # Comma-separated modules to import first (seqio tasks).
-  config.data.tokenizer = "char"  # char | gpt2_bpe.
+  config.data.tokenizer = "char"  # char | byte | gpt2_bpe.
   config.data.tokenizer_path = ""  # gpt2_bpe: directory with encoder.json and vocab.bpe.
   config.data.seq_len = 128  # Tokens per packed row.
   config.data.validation_fraction = 0.05  # Held-out share of every work (split="tail").
