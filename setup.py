@@ -27,6 +27,8 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         "plots": ["matplotlib>=3.8,<4"],
+        # data.tokenizer="sentencepiece" (a trained SentencePiece .model file).
+        "spm": ["sentencepiece>=0.2,<0.3"],
         # The Hugging Face scorer of generative perplexity (a local causal LM).
         "hf": ["torch>=2.4", "transformers>=4.56"],
         # seqio pulls TensorFlow (about 3 GB); only `seqio:TASK` corpora need it.

@@ -125,7 +125,7 @@ def test_data_options_cache_dir(tmp_path, monkeypatch):
 
 def test_build_tokenizer_invalid_kind(tmp_path):
   options = _options(tmp_path / "unused.txt", tmp_path, tokenizer="words")
-  with pytest.raises(ValueError, match=r"data.tokenizer='words' is not 'char', 'byte' or 'gpt2_bpe'"):
+  with pytest.raises(ValueError, match=r"data.tokenizer='words' is not 'char', 'byte', 'gpt2_bpe' or 'sentencepiece'"):
     pipeline.build_tokenizer(options, [])
 
 
@@ -508,3 +508,26 @@ def test_byte_tokenizer_pipeline(tmp_path):
   assert tokenized.tokenizer.name == "byte"
   ids = np.concatenate(tokenized.train + tokenized.validation)
   assert ids.size == len(corpus.read_bytes())
+
+
+def test_sentencepiece_tokenizer_pipeline(tmp_path):
+  spm = pytest.importorskip("sentencepiece")
+  text = "to be, or not to be, that is the question\n" * 100
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text(text)
+  model = tmp_path / "tiny.model"
+  with model.open("wb") as handle:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()), model_writer=handle, vocab_size=300,
+        model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+        add_dummy_prefix=False, remove_extra_whitespaces=False, minloglevel=2)
+  options = _options(corpus, tmp_path / "cache", tokenizer="sentencepiece",
+                     tokenizer_path=str(model))
+  tokenized = pipeline.load_tokenized(options)
+  assert tokenized.tokenizer.name == "sentencepiece"
+  decoded = "".join(tokenized.tokenizer.decode(part) for part in tokenized.train
+                    + tokenized.validation)
+  assert decoded == text
+  with pytest.raises(ValueError, match="needs data.tokenizer_path"):
+    pipeline.load_tokenized(_options(corpus, tmp_path / "cache", tokenizer="sentencepiece"))
+

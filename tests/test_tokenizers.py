@@ -263,9 +263,10 @@ def test_char_identity_depends_on_order():
 def test_spec_unknown_name_rejected():
   with pytest.raises(
       ValueError,
-      match=r"name 'sentencepiece'; known names are \['char', 'byte', 'gpt2_bpe'\]",
+      match=r"name 'wordpiece'; known names are \['char', 'byte', 'gpt2_bpe',"
+          r" 'sentencepiece'\]",
   ):
-    tokenizers.tokenizer_from_spec({"name": "sentencepiece"})
+    tokenizers.tokenizer_from_spec({"name": "wordpiece"})
 
 
 # ---------------------------------------------------------------------------
@@ -670,7 +671,7 @@ def test_build_unknown_kind_rejected():
       ValueError,
       match=(
           r"unknown tokenizer kind 'wordpiece'; known kinds are \['char',"
-          r" 'byte', 'gpt2_bpe'\]"
+          r" 'byte', 'gpt2_bpe', 'sentencepiece'\]"
       ),
   ):
     tokenizers.build_tokenizer("wordpiece", text="abc")
@@ -689,3 +690,72 @@ def test_build_wrong_arguments_rejected(gpt2_dir):
     tokenizers.build_tokenizer("gpt2_bpe", text="ab", path=str(gpt2_dir))
   with pytest.raises(ValueError, match="is a file; pass the directory"):
     tokenizers.build_tokenizer("gpt2_bpe", path=str(gpt2_dir / "encoder.json"))
+
+
+# -----------------------------------------------------------------------------
+# SentencePiece (needs the spm extra).
+# -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_model(tmp_path_factory) -> pathlib.Path:
+  """A 300-piece BPE model trained here, without normalisation."""
+  spm = pytest.importorskip("sentencepiece")
+  lines = [f"line {index}: to be, or not to be, that is the question" for index in range(400)]
+  lines += ["whether 'tis nobler in the mind to suffer", "caf\u00e9 na\u00efve"]
+  path = tmp_path_factory.mktemp("spm") / "tiny.model"
+  with path.open("wb") as handle:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=handle, vocab_size=300, model_type="bpe",
+        byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, minloglevel=2)
+  return path
+
+
+def test_sentencepiece_matches_the_library(sentencepiece_model):
+  import sentencepiece  # pylint: disable=import-outside-toplevel
+  tokenizer = tokenizers.build_tokenizer("sentencepiece", path=sentencepiece_model)
+  reference = sentencepiece.SentencePieceProcessor(model_file=str(sentencepiece_model))
+  text = "to be or not\n\twhether \u00e9 \U0001f600"
+  ids = tokenizer.encode(text)
+  assert ids.dtype == np.int32
+  assert ids.tolist() == reference.encode(text)
+  # Identity normalisation and byte fallback make decoding exact.
+  assert tokenizer.decode(ids) == text
+  assert tokenizer.vocab_size == 300
+  assert tokenizer.special_ids == {"unk": 0, "bos": 1, "eos": 2}
+
+
+def test_sentencepiece_special_strings_stay_text(sentencepiece_model):
+  tokenizer = tokenizers.build_tokenizer("sentencepiece", path=sentencepiece_model)
+  ids = tokenizer.encode("<s>hi</s>")
+  assert tokenizer.special_ids["bos"] not in ids.tolist()
+  assert tokenizer.special_ids["eos"] not in ids.tolist()
+  assert tokenizer.decode(ids) == "<s>hi</s>"
+
+
+def test_sentencepiece_spec_finds_moved_model(sentencepiece_model, tmp_path):
+  tokenizer = tokenizers.build_tokenizer("sentencepiece", path=sentencepiece_model)
+  spec = json.loads(json.dumps(tokenizer.spec()))
+  moved = tmp_path / "moved"
+  moved.mkdir()
+  shutil.copy(sentencepiece_model, moved / sentencepiece_model.name)
+  spec["model_file"] = str(tmp_path / "gone" / sentencepiece_model.name)
+  rebuilt = tokenizers.tokenizer_from_spec(spec, search_dirs=[moved])
+  assert rebuilt.identity() == tokenizer.identity()
+  with pytest.raises(FileNotFoundError, match="No SentencePiece model matches"):
+    tokenizers.tokenizer_from_spec(spec)
+
+
+def test_sentencepiece_rejects_changed_or_bad_file(sentencepiece_model, tmp_path):
+  tokenizer = tokenizers.build_tokenizer("sentencepiece", path=sentencepiece_model)
+  changed = tmp_path / sentencepiece_model.name
+  changed.write_bytes(sentencepiece_model.read_bytes() + b"\0")
+  with pytest.raises(FileNotFoundError, match="found sha256"):
+    tokenizers.tokenizer_from_spec(dict(tokenizer.spec(), model_file=str(changed)))
+  garbage = tmp_path / "garbage.model"
+  garbage.write_bytes(b"not a model")
+  with pytest.raises(ValueError, match="is not a valid SentencePiece model"):
+    tokenizers.build_tokenizer("sentencepiece", path=garbage)
+  with pytest.raises(FileNotFoundError, match="not found"):
+    tokenizers.build_tokenizer("sentencepiece", path=tmp_path / "missing.model")

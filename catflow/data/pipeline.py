@@ -45,8 +45,9 @@ class DataOptions:
   corpus: str = "shakespeare"  # A registered name, a .txt/.jsonl/.parquet path or seqio:TASK.
   text_field: str = "text"  # Field (jsonl), column (parquet) or seqio feature of the text.
   import_modules: str = ""  # Comma-separated modules imported first (e.g. seqio task registries).
-  tokenizer: str = "char"  # char | byte | gpt2_bpe.
-  tokenizer_path: str = ""  # gpt2_bpe: directory with encoder.json and vocab.bpe.
+  tokenizer: str = "char"  # char | byte | gpt2_bpe | sentencepiece.
+  # gpt2_bpe: directory with encoder.json and vocab.bpe; sentencepiece: the .model file.
+  tokenizer_path: str = ""
   seq_len: int = 128  # Tokens per packed row.
   validation_fraction: float = 0.05  # Share of the corpus held out for validation.
   split: str = "tail"  # tail: last share of every document; documents: whole documents.
@@ -138,12 +139,17 @@ def build_tokenizer(options: DataOptions, documents: Sequence[corpora.Document])
     return tokenizers.CharTokenizer.from_text("".join(document.text for document in documents))
   if options.tokenizer == "byte":
     return tokenizers.ByteTokenizer()
+  if options.tokenizer == "sentencepiece":
+    if not options.tokenizer_path:
+      raise ValueError("data.tokenizer='sentencepiece' needs data.tokenizer_path, the trained "
+                       ".model file")
+    return tokenizers.build_tokenizer("sentencepiece", path=options.tokenizer_path)
   if options.tokenizer == "gpt2_bpe":
     if not options.tokenizer_path:
       raise ValueError("data.tokenizer='gpt2_bpe' needs data.tokenizer_path, a directory with "
                        "encoder.json and vocab.bpe")
     return tokenizers.build_tokenizer("gpt2_bpe", path=options.tokenizer_path)
-  raise ValueError(f"data.tokenizer={options.tokenizer!r} is not 'char', 'byte' or 'gpt2_bpe'")
+  raise ValueError(f"data.tokenizer={options.tokenizer!r} is not 'char', 'byte', 'gpt2_bpe' or 'sentencepiece'")
 
 
 def load_tokenized(options: DataOptions, tokenizer=None) -> TokenizedCorpus:

@@ -1,6 +1,6 @@
 """Tokenizers that map text to int32 token ids and back.
 
-Three kinds are provided:
+Four kinds are provided:
 
 * `CharTokenizer` ("char"): one id per character of a fixed alphabet, plus a
   final `<unk>` id for every character outside it.
@@ -9,6 +9,8 @@ Three kinds are provided:
 * `GPT2BPETokenizer` ("gpt2_bpe"): GPT-2's byte-level BPE, read from OpenAI's
   `encoder.json` + `vocab.bpe` (or the same files under their Hugging Face
   names `vocab.json` + `merges.txt`).
+* `SentencePieceTokenizer` ("sentencepiece"): a trained SentencePiece
+  `.model` file (needs the `spm` extra).
 
 Every tokenizer has `spec()`, a JSON-serialisable description that
 `tokenizer_from_spec` turns back into an identical tokenizer, and
@@ -49,7 +51,7 @@ _GPT2_SPLIT_PATTERN = (
 # OpenAI's release names, then the Hugging Face names of the same files.
 GPT2_FILE_NAMES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 
-KNOWN_TOKENIZER_KINDS = ("char", "byte", "gpt2_bpe")
+KNOWN_TOKENIZER_KINDS = ("char", "byte", "gpt2_bpe", "sentencepiece")
 
 _UNICODE_REPLACEMENT_CHARACTER = 0xFFFD
 _DEFAULT_BPE_CACHE_SIZE = 1 << 16
@@ -285,6 +287,106 @@ class ByteTokenizer(Tokenizer):
 
   def _vocabulary_json(self) -> Any:
     return {"bytes": self.vocab_size, "encoding": "utf-8"}
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece model read from a local `.model` file.
+
+  The ids, the special ids (unk, bos, eos, pad where the model defines them)
+  and the text normalisation are the model's own, so `decode(encode(text))`
+  equals `text` only for models trained without normalisation (for example
+  `normalization_rule_name="identity"`, `add_dummy_prefix=False` and byte
+  fallback). Special-token strings such as "<s>" in the text are encoded as
+  ordinary text, never as their special ids. The vocabulary hash is that of
+  the model file, so two models match only when their files are identical.
+  """
+
+  name = "sentencepiece"
+
+  def __init__(self, model_file: str | os.PathLike[str]):
+    try:
+      import sentencepiece  # pylint: disable=import-outside-toplevel
+    except ImportError as error:
+      raise ImportError(
+          "the sentencepiece tokenizer needs the sentencepiece package; install "
+          "it with pip install -e '.[spm]'"
+      ) from error
+    path = pathlib.Path(model_file).expanduser()
+    if not path.is_file():
+      raise FileNotFoundError(
+          f"SentencePiece model {path} not found; pass the path of a trained "
+          ".model file as data.tokenizer_path"
+      )
+    data = path.read_bytes()
+    try:
+      self._processor = sentencepiece.SentencePieceProcessor(model_proto=data)
+    except RuntimeError as error:
+      raise ValueError(
+          f"{path} is not a valid SentencePiece model ({error}); pass the .model "
+          "file written by SentencePieceTrainer"
+      ) from error
+    self.model_file = path.absolute()
+    self.model_sha256 = hashlib.sha256(data).hexdigest()
+    self.vocab_size = int(self._processor.vocab_size())
+    roles = {"unk": self._processor.unk_id(), "bos": self._processor.bos_id(),
+             "eos": self._processor.eos_id(), "pad": self._processor.pad_id()}
+    self.special_ids = {role: int(index) for role, index in roles.items() if index >= 0}
+
+  def encode(self, text: str) -> np.ndarray:
+    if not isinstance(text, str):
+      raise TypeError(
+          f"encode expects a str, got {type(text).__name__}; decode bytes to "
+          "str before encoding"
+      )
+    return np.asarray(self._processor.encode(text, out_type=int), dtype=np.int32)
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    array = _as_id_array(ids, self.vocab_size)
+    return self._processor.decode(array.tolist())
+
+  def spec(self) -> dict[str, Any]:
+    return {
+        "name": self.name,
+        "model_file": str(self.model_file),
+        "model_sha256": self.model_sha256,
+        "vocab_hash": self.vocab_hash,
+    }
+
+  def _vocabulary_json(self) -> Any:
+    return {"sentencepiece_model_sha256": self.model_sha256}
+
+
+def _sentencepiece_from_spec(
+    spec: Mapping[str, Any], search_dirs: Sequence[str | os.PathLike[str]]
+) -> SentencePieceTokenizer:
+  """Finds the model file whose sha256 matches `spec` and loads it."""
+  try:
+    recorded = pathlib.Path(spec["model_file"])
+    expected_sha256 = spec["model_sha256"]
+  except KeyError as error:
+    raise ValueError(
+        f"sentencepiece spec is missing {error.args[0]!r}; pass the dict "
+        "returned by SentencePieceTokenizer.spec()"
+    ) from error
+  candidates = [recorded] + [
+      pathlib.Path(directory).expanduser() / recorded.name
+      for directory in search_dirs
+  ]
+  tried = []
+  for candidate in candidates:
+    if not candidate.is_file():
+      tried.append(f"{candidate}: not found")
+      continue
+    found_sha256 = _file_sha256(candidate)
+    if found_sha256 == expected_sha256:
+      return SentencePieceTokenizer(candidate)
+    tried.append(f"{candidate}: found sha256 {found_sha256}")
+  tried_lines = "\n".join(f"  {line}" for line in tried)
+  raise FileNotFoundError(
+      f"No SentencePiece model matches the tokenizer spec (sha256 "
+      f"{expected_sha256}). Tried:\n{tried_lines}\nPass search_dirs=[DIR] with "
+      f"a directory that contains the original {recorded.name}."
+  )
 
 
 @functools.cache
@@ -723,6 +825,8 @@ def tokenizer_from_spec(
     tokenizer = CharTokenizer(spec["chars"])
   elif name == "byte":
     tokenizer = ByteTokenizer()
+  elif name == "sentencepiece":
+    tokenizer = _sentencepiece_from_spec(spec, search_dirs)
   elif name == "gpt2_bpe":
     tokenizer = _gpt2_from_spec(spec, search_dirs)
   else:
@@ -790,11 +894,11 @@ def build_tokenizer(
   """Builds a tokenizer by kind name.
 
   Args:
-    kind: "char", "byte" or "gpt2_bpe".
+    kind: "char", "byte", "gpt2_bpe" or "sentencepiece".
     text: For "char", the text whose sorted character set is the alphabet.
     chars: For "char", an explicit ordered alphabet (instead of `text`).
     path: For "gpt2_bpe", the directory with encoder.json + vocab.bpe (or
-      vocab.json + merges.txt).
+      vocab.json + merges.txt). For "sentencepiece", the .model file.
 
   Returns:
     The tokenizer.
@@ -824,6 +928,14 @@ def build_tokenizer(
           "path= nor chars="
       )
     return ByteTokenizer()
+
+  if kind == "sentencepiece":
+    if path is None or text is not None or chars is not None:
+      raise ValueError(
+          "kind='sentencepiece' reads a trained model file; pass only path=, "
+          "the .model file"
+      )
+    return SentencePieceTokenizer(path)
 
   if kind == "gpt2_bpe":
     if text is not None or chars is not None:
