@@ -1,6 +1,6 @@
 r"""Character-level flow LM on the complete works of Shakespeare, and its 4-step CFM.
 
-The quickstart (about 16 minutes on a 2-core CPU) runs this config end to end:
+The quickstart (about 15 minutes on a 2-core CPU) runs this config end to end:
 
   catflow quickstart --workdir=/tmp/catflow_quickstart
 
@@ -13,9 +13,9 @@ The jobs one at a time:
   catflow sample   --config=experiments/configs/shakespeare_char.py --workdir=/tmp/sc/cfm
 
 Variants (`--config=experiments/configs/shakespeare_char.py:VARIANT`):
-  (none)  the quickstart recipe (about 16 minutes on a 2-core CPU);
+  (none)  the quickstart recipe (about 15 minutes on a 2-core CPU);
   local   a tiny model and a few steps, for tests and laptops (about a minute);
-  long    the same recipe with a 4.2M-parameter model for about 2.7 hours:
+  long    the same recipe with a 4.2M-parameter model for about 3 hours:
           catflow quickstart --config=experiments/configs/shakespeare_char.py:long \
               --workdir=workdirs/long
 Any field can be overridden, e.g. `--config.num_steps=500 --config.model.num_layers=6`.
@@ -162,7 +162,7 @@ def get_config(arg: str = ""):
     config.sample.batch_size = 4
     config.sample.base_steps = 8
   elif arg == "long":
-    # The same recipe for about 2.7 hours on a 2-core CPU: a 4.2M-parameter model.
+    # The same recipe for about 3 hours on a 2-core CPU: a 4.2M-parameter model.
     config.model.num_layers = 6
     config.model.embed_dim = 192
     config.model.num_heads = 6
