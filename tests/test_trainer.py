@@ -215,9 +215,9 @@ def test_checkpoint_missing_step(base_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("change", ["rename", "unwrap"])
-def test_checkpoint_of_another_layout_names_the_mismatch(base_run, change):
-  # A parameter tree renamed since the checkpoint was written (as a catflow
-  # upgrade that moves a kernel would do) gets an error that says what to do.
+def test_restore_layout_mismatch_error(base_run, change):
+  # A parameter tree renamed since the checkpoint was written, as a catflow
+  # upgrade that moves a kernel does, raises an error that names the fix.
   checkpointer = checkpoint_lib.Checkpointer(checkpoint_lib.checkpoint_dir(base_run.workdir),
                                              read_only=True)
   loaded = loading.load(base_run.workdir, all_devices_mesh(), seq_len=_SEQ_LEN)
